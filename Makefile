@@ -1,0 +1,79 @@
+# shopsearch: train -> build-repo -> serve product search on NVIDIA Triton Inference Server.
+# `make help` lists the targets. Real data: make demo DATA=homedepot DATA_DIR=../shared/data/homedepot
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+DATA ?= synthetic
+DATA_DIR ?=
+RECIPE ?= training/recipes/$(DATA).toml
+CHECKPOINT ?= artifacts/checkpoints/$(DATA)
+REPO ?= model_repository
+TOP_K ?= 10
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+URL ?= 127.0.0.1:$(HTTP_PORT)
+Q ?= red running shoes
+PYTEST_ARGS ?=
+
+DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+# perf_analyzer (tritonclient 2.50) loads libcudart.so.12 at start even on CPU; the wheel ships it.
+CUDART_DIR = $(shell $(PY) -c "import nvidia.cuda_runtime, os; print(os.path.join(list(nvidia.cuda_runtime.__path__)[0], 'lib'))" 2>/dev/null)
+
+.PHONY: help venv demo train build-repo serve query evaluate data test test-unit clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==24.3.1
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@# The Python backend stub and libpython it links against (Debian: libpython3.11).
+	@ldd $$($(PY) -c "from shopsearch.serving.server import find_triton; print(find_triton().stub_source)") | grep -q "not found" \
+		&& { apt-get install -y -qq libpython3.11 || { echo "error: install libpython3.11"; exit 1; }; } || true
+	$(BIN)/shopsearch setup-triton
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with pinned deps, tritonserver and its Python backend stub
+
+demo: venv ## the main job: train, build the repository and serve it (DATA=synthetic by default)
+	@test -f $(CHECKPOINT)/encoder.pt || $(MAKE) --no-print-directory train
+	$(MAKE) --no-print-directory build-repo
+	$(MAKE) --no-print-directory serve
+
+train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT)
+	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS)
+
+build-repo: venv ## export ONNX (parity-checked), embed the catalog, lay out $(REPO)
+	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
+	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) $(DATA_ARGS)
+
+serve: venv ## start tritonserver on 127.0.0.1 with $(REPO), show example queries, wait for Ctrl-C
+	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+query: venv ## search the running server: make query Q="red running shoes"
+	$(BIN)/shopsearch query --url $(URL) "$(Q)"
+
+evaluate: venv ## nDCG@10 / Recall@100 / MRR@10 of $(REPO) on the dev split (add URL=... to also measure the server)
+	$(BIN)/shopsearch evaluate --repo $(REPO) $(DATA_ARGS) $(if $(filter command line,$(origin URL)),--url $(URL)) \
+		--out reports/eval_$(DATA).json
+
+data: venv ## write the dataset in the project's jsonl format to artifacts/data/$(DATA)
+	$(BIN)/shopsearch write-data $(DATA_ARGS) --out artifacts/data/$(DATA)
+
+test: venv ## run the whole test suite (unit + integration against a real tritonserver)
+	LD_LIBRARY_PATH=$(CUDART_DIR):$$LD_LIBRARY_PATH $(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## fast unit tests only
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+clean: ## remove trained and built artifacts (keeps .venv and the model.py adapters)
+	rm -rf artifacts reports
+	git clean -fdXq $(REPO)

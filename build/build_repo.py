@@ -1,0 +1,39 @@
+"""Build the Triton model repository from a checkpoint: `python build/build_repo.py --checkpoint ... --out ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shopsearch.build import BuildOptions, build_repository
+from shopsearch.errors import ShopSearchError
+from shopsearch.recipes import load_recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--recipe", required=True, type=Path, help="recipe whose [data] names the catalog")
+    parser.add_argument("--out", required=True, type=Path, help="model repository directory")
+    parser.add_argument("--work", type=Path, default=Path("artifacts/build"), help="staging directory")
+    parser.add_argument("--data", help="catalog dataset name; overrides the recipe's")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--top-k", type=int, default=BuildOptions.top_k)
+    parser.add_argument("--threads", type=int, default=BuildOptions.intra_op_threads, help="ONNX Runtime intra-op threads")
+    args = parser.parse_args(argv)
+    try:
+        dataset = load_recipe(args.recipe).dataset(args.data, args.data_dir)
+        report = build_repository(args.checkpoint, dataset, args.out, args.work / dataset.name,
+                                  BuildOptions(top_k=args.top_k, intra_op_threads=args.threads),
+                                  log=lambda m: print(m, flush=True))
+    except ShopSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"timings": report["timings"], "repository_bytes": report["repository_bytes"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

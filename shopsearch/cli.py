@@ -1,0 +1,161 @@
+"""`shopsearch` command line: set up tritonserver, serve a built repository, query it, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from shopsearch.errors import ShopSearchError
+
+DEMO_QUERIES = {
+    "synthetic": ("red running shoes", "stainless steel frying pan 12 inch", "queen linen duvet cover",
+                  "cordless drill 20v", "wireless earbuds noise cancelling", "couch grey velvet"),
+    "homedepot": ("cordless drill", "white interior paint", "led light bulbs", "toilet seat", "deck screws"),
+}
+
+
+def cmd_setup_triton(args) -> None:
+    from shopsearch.serving.server import find_triton, install_python_backend_stub
+
+    stub = install_python_backend_stub()
+    missing = subprocess.run(["ldd", str(stub)], capture_output=True, text=True).stdout
+    missing_libs = [line.split()[0] for line in missing.splitlines() if "not found" in line]
+    if missing_libs:
+        raise ShopSearchError(f"Python backend stub needs {missing_libs}; on Debian: apt-get install libpython3.11")
+    print(f"tritonserver: {find_triton().binary}\npython backend stub: {stub}")
+
+
+def print_hits(query: str, hits) -> None:
+    print(f"\n> {query}")
+    for rank, hit in enumerate(hits, 1):
+        print(f"  {rank:2d}. {hit.score:6.3f}  {hit.product_id:>10}  {hit.title}")
+
+
+def cmd_serve(args) -> None:
+    from shopsearch.serving.client import SearchClient
+    from shopsearch.serving.server import TritonServer
+
+    repo = Path(args.repo)
+    log_path = Path(args.log) if args.log else None
+    server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                          log_path=log_path)
+    print(f"starting tritonserver on 127.0.0.1 with {repo} ...", flush=True)
+    server.start(timeout=args.timeout)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        manifest = json.loads((repo / "build_manifest.json").read_text())
+        dataset = manifest.get("catalog", {}).get("dataset", "synthetic")
+        client = SearchClient(server.http_url)
+        queries = DEMO_QUERIES.get(dataset, DEMO_QUERIES["synthetic"])
+        for query, hits in zip(queries, client.search(list(queries))):
+            print_hits(query, hits[:5])
+        client.close()
+        print(
+            f"\ntritonserver is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
+            f"http://{server.host}:{server.metrics_port}/metrics\n"
+            f"query it:  make query Q=\"red running shoes\"   (or: .venv/bin/shopsearch query --url {server.http_url} \"...\")\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        if args.exit_after_ready:
+            return
+        while not stop.is_set():
+            if server.process is None or server.process.poll() is not None:
+                raise ShopSearchError("tritonserver exited unexpectedly")
+            stop.wait(1.0)
+    finally:
+        server.stop()
+        print("tritonserver stopped")
+
+
+def cmd_query(args) -> None:
+    from shopsearch.serving.client import SearchClient
+
+    client = SearchClient(args.url, args.protocol)
+    for query, hits in zip(args.queries, client.search(args.queries)):
+        print_hits(query, hits[: args.top])
+    client.close()
+
+
+def cmd_evaluate(args) -> None:
+    from shopsearch.data import load_dataset
+    from shopsearch.evaluation import evaluate_repository
+
+    dataset = load_dataset(args.data, args.data_dir)
+    report = evaluate_repository(Path(args.repo), dataset, args.split, served_url=args.url, limit=args.limit)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def cmd_write_data(args) -> None:
+    from shopsearch.data import load_dataset
+    from shopsearch.data.schema import write_jsonl_dataset
+
+    dataset = load_dataset(args.data, args.data_dir)
+    write_jsonl_dataset(dataset, Path(args.out))
+    print(json.dumps({"written": args.out, **dataset.stats(), "fingerprint": dataset.fingerprint()}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shopsearch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup-triton", help="put the Python backend stub in place and check its libraries")
+    p.set_defaults(func=cmd_setup_triton)
+
+    p = sub.add_parser("serve", help="start tritonserver on 127.0.0.1, show example results, wait for Ctrl-C")
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log", default="artifacts/logs/tritonserver.log")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--exit-after-ready", action="store_true", help="stop after the example queries (smoke test)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("query", help="search the served ensemble")
+    p.add_argument("queries", nargs="+")
+    p.add_argument("--url", default="127.0.0.1:8000")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("evaluate", help="nDCG@10 / Recall@100 / MRR@10 of a built repository (in-process and served)")
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--url", default=None, help="also evaluate the served ensemble at this HTTP address")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N queries only")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("write-data", help="write a dataset in the project's jsonl format")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_write_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ShopSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The one exception hierarchy of the project.
+
+Messages name the model (or artifact) and the field at fault, so an operator can act on them
+without reading a traceback; servers send only the message to clients.
+"""
+
+
+class ShopSearchError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class DataError(ShopSearchError):
+    """A dataset on disk is missing, malformed or inconsistent."""
+
+
+class ConfigError(ShopSearchError):
+    """A model, ensemble or training configuration is invalid."""
+
+    def __init__(self, model: str, field: str, problem: str):
+        self.model, self.field, self.problem = model, field, problem
+        super().__init__(f"{model}: {field}: {problem}")
+
+
+class InvalidInputError(ShopSearchError):
+    """A request carries input the model cannot serve; the request fails, the server carries on."""
+
+    def __init__(self, model: str, field: str, problem: str):
+        self.model, self.field, self.problem = model, field, problem
+        super().__init__(f"{model}: {field}: {problem}")
+
+
+class ArtifactError(ShopSearchError):
+    """A built artifact is missing or does not match what loads it (e.g. index vs embedder)."""
+
+
+class ExportParityError(ShopSearchError):
+    """An exported model's outputs drifted from the source model beyond the declared tolerance."""
+
+    def __init__(self, artifact: str, diffs: dict[str, float], tolerances: dict[str, float]):
+        self.artifact, self.diffs, self.tolerances = artifact, diffs, tolerances
+        lines = [
+            f"  {name}: {value:.3g} (limit {tolerances[name]:.3g})" for name, value in diffs.items()
+        ]
+        super().__init__(f"{artifact} drifted from its source model:\n" + "\n".join(lines))
+
+
+class ServerError(ShopSearchError):
+    """tritonserver could not be found, started or reached."""
+
+
+class BackendUnavailableError(ShopSearchError):
+    """An optional accelerator stack (CUDA, TensorRT) is not importable on this machine."""

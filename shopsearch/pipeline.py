@@ -1,0 +1,58 @@
+"""The search ensemble run in-process: the same steps and artifacts the server loads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shopsearch.errors import ArtifactError, ShopSearchError
+from shopsearch.results import PAD_PRODUCT_ID, Hit
+from shopsearch.serving.model_config import parameters_of, read_config
+from shopsearch.serving.steps import PRODUCT_IDS, QUERY, SCORES, STEP_TYPES, TITLES, TOPK
+
+
+class SearchPipeline:
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    @classmethod
+    def from_repository(cls, repo: Path, ensemble: str = "search") -> "SearchPipeline":
+        ensemble_config = read_config(repo / ensemble)
+        steps = []
+        for step in ensemble_config.ensemble_scheduling.step:
+            if step.model_name not in STEP_TYPES:
+                raise ArtifactError(f"{ensemble}: step '{step.model_name}' has no in-process implementation")
+            model_dir = repo / step.model_name
+            versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+            version = step.model_version if step.model_version > 0 else versions[-1]
+            params = parameters_of(read_config(model_dir))
+            steps.append(STEP_TYPES[step.model_name].from_artifacts(model_dir / str(version), params))
+        return cls(steps)
+
+    def search(self, queries: Sequence[str | bytes], top_k: int | None = None) -> list[list[Hit]]:
+        state: dict[str, np.ndarray] = {QUERY: np.array([[q] for q in queries], dtype=object)}
+        if top_k is not None:
+            state[TOPK] = np.full((len(queries), 1), top_k, dtype=np.int32)
+        for step in self.steps:
+            outcome = step.run([state])[0]
+            if isinstance(outcome, ShopSearchError):
+                raise outcome
+            state.update(outcome)
+        return decode_hits(state[PRODUCT_IDS], state[TITLES], state[SCORES])
+
+
+def decode_hits(ids: np.ndarray, titles: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+    """Rectangular response arrays -> per-query hit lists, padding removed."""
+    out = []
+    for row_ids, row_titles, row_scores in zip(ids, titles, scores):
+        hits = []
+        for pid, title, score in zip(row_ids, row_titles, row_scores):
+            pid = pid.decode("utf-8") if isinstance(pid, bytes) else str(pid)
+            if pid == PAD_PRODUCT_ID:
+                continue
+            title = title.decode("utf-8") if isinstance(title, bytes) else str(title)
+            hits.append(Hit(pid, title, float(score)))
+        out.append(hits)
+    return out

@@ -1,0 +1,2 @@
+"""Everything that touches Triton: model configs, repository layout, Python-backend adapters,
+server process management and clients."""

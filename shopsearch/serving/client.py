@@ -1,0 +1,52 @@
+"""Query the served `search` ensemble over HTTP or gRPC with tritonclient."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from shopsearch.pipeline import decode_hits
+from shopsearch.results import Hit
+from shopsearch.serving.steps import PRODUCT_IDS, QUERY, SCORES, TITLES, TOPK
+
+
+class SearchClient:
+    def __init__(self, url: str, protocol: str = "http", model: str = "search", timeout_s: float = 60.0):
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be http or grpc, got {protocol}")
+        self.protocol, self.model, self.timeout_s = protocol, model, timeout_s
+        if protocol == "http":
+            import tritonclient.http as module
+
+            self._client = module.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        else:
+            import tritonclient.grpc as module
+
+            self._client = module.InferenceServerClient(url)
+        self._module = module
+
+    def infer_raw(self, queries: np.ndarray, top_k: int | None = None):
+        """Send a prepared [batch, 1] object array; returns tritonclient's result."""
+        tensor = self._module.InferInput(QUERY, list(queries.shape), "BYTES")
+        tensor.set_data_from_numpy(queries)
+        inputs = [tensor]
+        if top_k is not None:
+            k = self._module.InferInput(TOPK, [queries.shape[0], 1], "INT32")
+            k.set_data_from_numpy(np.full((queries.shape[0], 1), top_k, dtype=np.int32))
+            inputs.append(k)
+        outputs = [self._module.InferRequestedOutput(n) for n in (PRODUCT_IDS, TITLES, SCORES)]
+        if self.protocol == "grpc":
+            return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+        return self._client.infer(self.model, inputs, outputs=outputs)
+
+    def search(self, queries: Sequence[str | bytes], top_k: int | None = None) -> list[list[Hit]]:
+        batch = np.array([[q.encode("utf-8") if isinstance(q, str) else q] for q in queries], dtype=object)
+        result = self.infer_raw(batch, top_k)
+        return decode_hits(result.as_numpy(PRODUCT_IDS), result.as_numpy(TITLES), result.as_numpy(SCORES))
+
+    def is_ready(self) -> bool:
+        return self._client.is_server_ready() and self._client.is_model_ready(self.model)
+
+    def close(self) -> None:
+        self._client.close()

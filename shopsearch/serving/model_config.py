@@ -1,0 +1,190 @@
+"""Typed Triton model configs, written through Triton's own protobuf (never string templates).
+
+One config type per backend; each validates itself on construction and names the model and field
+at fault. `to_proto()` gives a `ModelConfig` message, `write_config` prints it with text_format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from shopsearch.errors import ConfigError
+
+CONFIG_FILE = "config.pbtxt"
+
+# numpy dtype name -> Triton data type; BYTES tensors are numpy object arrays.
+_TRITON_DTYPES = {
+    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
+    "object": "TYPE_STRING", "bytes": "TYPE_STRING",
+}
+
+
+def triton_dtype(numpy_name: str) -> str:
+    try:
+        return _TRITON_DTYPES[numpy_name]
+    except KeyError:
+        raise ConfigError("(tensor)", "data_type", f"no Triton type for numpy dtype '{numpy_name}'") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output. `dims` excludes the batch dimension when the model batches."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "int64", "float32", "object" for BYTES
+    dims: tuple[int, ...]
+    allow_ragged_batch: bool = False
+    optional: bool = False
+
+    def validate(self, model: str) -> None:
+        if not self.name:
+            raise ConfigError(model, "tensor.name", "must not be empty")
+        triton_dtype(self.dtype)
+        if not self.dims or any(d == 0 or d < -1 for d in self.dims):
+            raise ConfigError(model, f"{self.name}.dims", f"each dim must be > 0 or -1, got {list(self.dims)}")
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 500  # how long a request may wait for others to batch with
+
+
+@dataclass(frozen=True)
+class _BatchedModelConfig:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 256
+    instance_count: int = 1
+    instance_kind: str = "KIND_CPU"
+    dynamic_batching: DynamicBatching | None = field(default_factory=DynamicBatching)
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(self.name or "(model)", "name", "must be a non-empty directory name")
+        if self.max_batch_size < 0:
+            raise ConfigError(self.name, "max_batch_size", "must be >= 0")
+        if self.instance_count < 1:
+            raise ConfigError(self.name, "instance_group.count", "must be >= 1")
+        if self.instance_kind not in ("KIND_CPU", "KIND_GPU"):
+            raise ConfigError(self.name, "instance_group.kind", f"unknown kind {self.instance_kind}")
+        if self.dynamic_batching and self.max_batch_size == 0:
+            raise ConfigError(self.name, "dynamic_batching", "needs max_batch_size > 0")
+        if self.dynamic_batching:
+            too_big = [b for b in self.dynamic_batching.preferred_batch_sizes if b > self.max_batch_size]
+            if too_big:
+                raise ConfigError(self.name, "dynamic_batching.preferred_batch_size", f"{too_big} exceed max_batch_size")
+        names = [t.name for t in self.inputs + self.outputs]
+        if len(set(names)) != len(names):
+            raise ConfigError(self.name, "input/output", f"tensor names repeat: {names}")
+        if not self.inputs or not self.outputs:
+            raise ConfigError(self.name, "input/output", "a model needs at least one input and one output")
+        for tensor in self.inputs + self.outputs:
+            tensor.validate(self.name)
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def parameter(self, key: str) -> str:
+        return dict(self.parameters)[key]
+
+    def _base_proto(self) -> pb.ModelConfig:
+        config = pb.ModelConfig(name=self.name, max_batch_size=self.max_batch_size)
+        for spec in self.inputs:
+            config.input.append(
+                pb.ModelInput(
+                    name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims),
+                    allow_ragged_batch=spec.allow_ragged_batch, optional=spec.optional,
+                )
+            )
+        for spec in self.outputs:
+            config.output.append(pb.ModelOutput(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims)))
+        config.instance_group.append(pb.ModelInstanceGroup(kind=self.instance_kind, count=self.instance_count))
+        if self.dynamic_batching:
+            config.dynamic_batching.CopyFrom(
+                pb.ModelDynamicBatching(
+                    preferred_batch_size=list(self.dynamic_batching.preferred_batch_sizes),
+                    max_queue_delay_microseconds=self.dynamic_batching.max_queue_delay_us,
+                )
+            )
+        for key, value in self.parameters:
+            config.parameters[key].string_value = value
+        return config
+
+
+@dataclass(frozen=True)
+class PythonModelConfig(_BatchedModelConfig):
+    """A model served by Triton's Python backend (model.py beside its artifacts)."""
+
+    def to_proto(self) -> pb.ModelConfig:
+        config = self._base_proto()
+        config.backend = "python"
+        return config
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    model_name: str
+    input_map: tuple[tuple[str, str], ...]  # (model tensor, ensemble tensor)
+    output_map: tuple[tuple[str, str], ...]
+    model_version: int = -1  # -1: whatever version the server has loaded (latest by default)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    steps: tuple[EnsembleStep, ...]
+    max_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ConfigError(self.name, "ensemble_scheduling.step", "an ensemble needs at least one step")
+        for tensor in self.inputs + self.outputs:
+            tensor.validate(self.name)
+
+    def to_proto(self) -> pb.ModelConfig:
+        config = pb.ModelConfig(name=self.name, platform="ensemble", max_batch_size=self.max_batch_size)
+        for spec in self.inputs:
+            config.input.append(
+                pb.ModelInput(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims), optional=spec.optional)
+            )
+        for spec in self.outputs:
+            config.output.append(pb.ModelOutput(name=spec.name, data_type=triton_dtype(spec.dtype), dims=list(spec.dims)))
+        for step in self.steps:
+            message = config.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version)
+            message.input_map.update(dict(step.input_map))
+            message.output_map.update(dict(step.output_map))
+        return config
+
+
+def render_config(config: PythonModelConfig | EnsembleConfig) -> str:
+    return text_format.MessageToString(config.to_proto())
+
+
+def write_config(config: PythonModelConfig | EnsembleConfig, model_dir: Path) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / CONFIG_FILE
+    path.write_text(render_config(config))
+    return path
+
+
+def read_config(path: Path) -> pb.ModelConfig:
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    try:
+        return text_format.Parse(path.read_text(), pb.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigError(str(path), "config.pbtxt", str(exc)) from exc
+
+
+def parameters_of(config: pb.ModelConfig) -> dict[str, str]:
+    return {key: value.string_value for key, value in config.parameters.items()}

@@ -1,0 +1,65 @@
+"""Typed configs of the search models, derived from the built artifacts."""
+
+from __future__ import annotations
+
+from shopsearch.export import OnnxSignature, TensorIO
+from shopsearch.serving.model_config import DynamicBatching, PythonModelConfig, TensorSpec
+from shopsearch.serving.steps import (
+    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, QUERY, SCORES, TITLES, TOPK,
+)
+
+MAX_BATCH_SIZE = 256
+
+
+def _spec(io: TensorIO, ragged: bool = False) -> TensorSpec:
+    # The first ONNX axis is the batch; named (dynamic) axes become -1.
+    dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in io.shape[1:])
+    return TensorSpec(io.name, io.elem_type, dims, allow_ragged_batch=ragged)
+
+
+def tokenizer_config(signature: OnnxSignature, max_length: int, batching: DynamicBatching) -> PythonModelConfig:
+    ids, mask = (_spec(i) for i in signature.inputs)
+    return PythonModelConfig(
+        name="tokenizer",
+        inputs=(TensorSpec(QUERY, "object", (1,)),),
+        outputs=(ids, mask),
+        max_batch_size=MAX_BATCH_SIZE,
+        dynamic_batching=batching,
+        parameters=(("max_length", str(max_length)), ("ids_output", ids.name), ("mask_output", mask.name)),
+    )
+
+
+def embedder_config(signature: OnnxSignature, vocab_size: int, max_length: int, threads: int,
+                    batching: DynamicBatching) -> PythonModelConfig:
+    return PythonModelConfig(
+        name="embedder",
+        # Queries of different token counts still batch together: the model pads them itself.
+        inputs=tuple(_spec(i, ragged=True) for i in signature.inputs),
+        outputs=tuple(_spec(o) for o in signature.outputs),
+        max_batch_size=MAX_BATCH_SIZE,
+        dynamic_batching=batching,
+        parameters=(("vocab_size", str(vocab_size)), ("max_length", str(max_length)), ("intra_op_threads", str(threads))),
+    )
+
+
+def ranker_config(query: TensorSpec, n_candidates: int, embedder_id: str, batching: DynamicBatching) -> PythonModelConfig:
+    return PythonModelConfig(
+        name="ranker",
+        inputs=(query,),
+        outputs=(TensorSpec(CANDIDATE_INDICES, "int64", (n_candidates,)), TensorSpec(CANDIDATE_SCORES, "float32", (n_candidates,))),
+        max_batch_size=MAX_BATCH_SIZE,
+        dynamic_batching=batching,
+        parameters=(("query_input", query.name), ("n_candidates", str(n_candidates)), ("embedder_id", embedder_id)),
+    )
+
+
+def postprocess_config(ranker: PythonModelConfig, top_k: int, batching: DynamicBatching) -> PythonModelConfig:
+    return PythonModelConfig(
+        name="postprocess",
+        inputs=ranker.outputs + (TensorSpec(TOPK, "int32", (1,), optional=True),),
+        # -1: the length is top_k, or TOPK when a request sends it.
+        outputs=(TensorSpec(PRODUCT_IDS, "object", (-1,)), TensorSpec(TITLES, "object", (-1,)), TensorSpec(SCORES, "float32", (-1,))),
+        max_batch_size=MAX_BATCH_SIZE,
+        dynamic_batching=batching,
+        parameters=(("top_k", str(top_k)), ("max_k", str(ranker.outputs[0].dims[0]))),
+    )

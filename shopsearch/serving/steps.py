@@ -1,0 +1,175 @@
+"""The logic of each served model, as plain numpy in -> numpy out, testable without a server.
+
+Each step's `run` takes one dict of input arrays per request (what Triton's dynamic batcher
+grouped together) and returns, per request, either a dict of output arrays or the
+ShopSearchError that request earned. Steps that do heavy math (embedder, ranker) join the
+requests into one batch; a bad request never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from shopsearch.embedding import OnnxEmbedder
+from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
+from shopsearch.index import CatalogIndex
+from shopsearch.results import CatalogLookup, hits_to_arrays
+from shopsearch.tokenization import EncodedBatch, TextEncoder, pad_batches
+
+Arrays = dict[str, np.ndarray]
+Outcome = Arrays | ShopSearchError
+
+QUERY = "QUERY"
+TOPK = "TOPK"
+CANDIDATE_INDICES = "CANDIDATE_INDICES"
+CANDIDATE_SCORES = "CANDIDATE_SCORES"
+PRODUCT_IDS = "PRODUCT_IDS"
+TITLES = "TITLES"
+SCORES = "SCORES"
+
+TOKENIZER_FILE = "tokenizer.json"
+EMBEDDER_FILE = "model.onnx"
+
+
+def _param(params: Mapping[str, str], model: str, key: str) -> str:
+    if key not in params:
+        raise ArtifactError(f"{model}: config.pbtxt parameter '{key}' is missing")
+    return params[key]
+
+
+class TokenizerStep:
+    name = "tokenizer"
+
+    def __init__(self, encoder: TextEncoder, ids_name: str, mask_name: str):
+        self.encoder, self.ids_name, self.mask_name = encoder, ids_name, mask_name
+
+    @classmethod
+    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "TokenizerStep":
+        encoder = TextEncoder.from_file(version_dir / TOKENIZER_FILE, int(_param(params, cls.name, "max_length")), cls.name)
+        return cls(encoder, _param(params, cls.name, "ids_output"), _param(params, cls.name, "mask_output"))
+
+    def run(self, requests: list[Arrays]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for arrays in requests:
+            try:
+                queries = arrays[QUERY].reshape(-1)
+                if queries.size == 0:
+                    raise InvalidInputError(self.name, QUERY, "batch holds no queries")
+                batch = self.encoder.encode(list(queries))
+                outcomes.append({self.ids_name: batch.input_ids, self.mask_name: batch.attention_mask})
+            except ShopSearchError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+
+class EmbedderStep:
+    name = "embedder"
+
+    def __init__(self, embedder: OnnxEmbedder, vocab_size: int, max_length: int):
+        self.embedder, self.vocab_size, self.max_length = embedder, vocab_size, max_length
+        self.ids_name, self.mask_name = embedder.input_names
+        self.output_name = embedder.output_name
+
+    @classmethod
+    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "EmbedderStep":
+        embedder = OnnxEmbedder(version_dir / EMBEDDER_FILE, int(params.get("intra_op_threads", "0")))
+        return cls(embedder, int(_param(params, cls.name, "vocab_size")), int(_param(params, cls.name, "max_length")))
+
+    def run(self, requests: list[Arrays]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        good: list[tuple[int, EncodedBatch]] = []
+        for i, arrays in enumerate(requests):
+            ids, mask = arrays[self.ids_name], arrays[self.mask_name]
+            if ids.ndim != 2 or ids.shape != mask.shape:
+                outcomes[i] = InvalidInputError(
+                    self.name, self.mask_name, f"shape {list(mask.shape)} must equal {self.ids_name}'s {list(ids.shape)} and be 2-D"
+                )
+            elif ids.shape[1] > self.max_length:
+                outcomes[i] = InvalidInputError(self.name, self.ids_name, f"{ids.shape[1]} tokens exceed the model's {self.max_length}")
+            elif ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+                outcomes[i] = InvalidInputError(self.name, self.ids_name, f"token ids must lie in [0, {self.vocab_size})")
+            else:
+                good.append((i, EncodedBatch(ids.astype(np.int64), mask.astype(np.int64))))
+        if good:
+            # Requests arrive with different sequence lengths (ragged batching); pad them to one.
+            joined, rows = pad_batches([b for _, b in good])
+            vectors = self.embedder.embed(joined)
+            start = 0
+            for (i, _), n in zip(good, rows):
+                outcomes[i] = {self.output_name: vectors[start : start + n]}
+                start += n
+        return outcomes  # type: ignore[return-value]
+
+
+class RankerStep:
+    name = "ranker"
+
+    def __init__(self, index: CatalogIndex, query_name: str, n_candidates: int):
+        self.index, self.query_name, self.n_candidates = index, query_name, n_candidates
+
+    @classmethod
+    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "RankerStep":
+        index = CatalogIndex.load(version_dir, expected_embedder_id=_param(params, cls.name, "embedder_id"))
+        return cls(index, _param(params, cls.name, "query_input"), int(_param(params, cls.name, "n_candidates")))
+
+    def run(self, requests: list[Arrays]) -> list[Outcome]:
+        queries = [r[self.query_name].astype(np.float32) for r in requests]
+        bad = [i for i, q in enumerate(queries) if q.ndim != 2 or q.shape[1] != self.index.dim]
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        for i in bad:
+            outcomes[i] = InvalidInputError(self.name, self.query_name, f"expected [batch, {self.index.dim}], got {list(queries[i].shape)}")
+        good = [i for i in range(len(requests)) if i not in bad]
+        if good:
+            indices, scores = self.index.search(np.concatenate([queries[i] for i in good]), self.n_candidates)
+            start = 0
+            for i in good:
+                n = queries[i].shape[0]
+                outcomes[i] = {CANDIDATE_INDICES: indices[start : start + n], CANDIDATE_SCORES: scores[start : start + n]}
+                start += n
+        return outcomes  # type: ignore[return-value]
+
+
+class PostprocessStep:
+    """Candidates -> top-k products. `top_k` is the default; a request may ask for fewer or more
+    (up to the ranker's candidate count) with the optional TOPK input."""
+
+    name = "postprocess"
+
+    def __init__(self, catalog: CatalogLookup, top_k: int, max_k: int):
+        self.catalog, self.top_k, self.max_k = catalog, top_k, max_k
+
+    @classmethod
+    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "PostprocessStep":
+        return cls(CatalogLookup.load(version_dir), int(_param(params, cls.name, "top_k")), int(_param(params, cls.name, "max_k")))
+
+    def requested_k(self, arrays: Arrays) -> int:
+        if TOPK not in arrays:
+            return self.top_k
+        values = np.unique(arrays[TOPK].reshape(-1))
+        if values.size != 1:
+            raise InvalidInputError(self.name, TOPK, "must hold one value for every query of a request")
+        k = int(values[0])
+        if not 1 <= k <= self.max_k:
+            raise InvalidInputError(self.name, TOPK, f"must be between 1 and {self.max_k}, got {k}")
+        return k
+
+    def run(self, requests: list[Arrays]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for arrays in requests:
+            indices, scores = arrays[CANDIDATE_INDICES], arrays[CANDIDATE_SCORES]
+            try:
+                if indices.shape != scores.shape or indices.ndim != 2:
+                    raise InvalidInputError(self.name, CANDIDATE_SCORES, f"shape {list(scores.shape)} does not match {CANDIDATE_INDICES} {list(indices.shape)}")
+                k = self.requested_k(arrays)
+            except ShopSearchError as exc:
+                outcomes.append(exc)
+                continue
+            ids, titles, top_scores = hits_to_arrays(self.catalog.finalize(indices, scores, k), k)
+            outcomes.append({PRODUCT_IDS: ids, TITLES: titles, SCORES: top_scores})
+        return outcomes
+
+
+STEP_TYPES = {step.name: step for step in (TokenizerStep, EmbedderStep, RankerStep, PostprocessStep)}

@@ -1,0 +1,37 @@
+"""Train the search bi-encoder from a recipe: `python training/train_search.py --recipe ... --out ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shopsearch.errors import ShopSearchError
+from shopsearch.recipes import load_recipe
+from shopsearch.training import train_biencoder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipe", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory")
+    parser.add_argument("--data", help="dataset name; overrides the recipe's")
+    parser.add_argument("--data-dir", help="where a real dataset lives (e.g. ../shared/data/homedepot)")
+    parser.add_argument("--steps", type=int, help="override the recipe's step count")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast during training")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe)
+        dataset = recipe.dataset(args.data, args.data_dir)
+        print(f"dataset {dataset.name}: {json.dumps(dataset.stats())}", flush=True)
+        config = recipe.train_config(steps=args.steps, amp_bf16=args.bf16 or None)
+        train_biencoder(dataset, config, args.out, log=lambda m: print(m, flush=True))
+    except ShopSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
