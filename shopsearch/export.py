@@ -67,7 +67,14 @@ def export_onnx(model: BiEncoder, path: Path) -> Path:
             opset_version=OPSET,
             dynamo=False,
         )
-    onnx.checker.check_model(str(path))
+    # The tracer leaves the embedding width symbolic (it flows through a division); pin it, so
+    # the Triton configs derived from this graph get a fixed output shape.
+    graph_model = onnx.load(str(path))
+    width = graph_model.graph.output[0].type.tensor_type.shape.dim[1]
+    width.Clear()
+    width.dim_value = model.config.hidden_size
+    onnx.save(graph_model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
     return path
 
 

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from shopsearch.errors import ArtifactError, ConfigError
+from shopsearch.index import CatalogIndex, top_k_rows
+from shopsearch.results import CatalogLookup, hits_to_arrays
+
+
+def test_top_k_rows_matches_a_full_sort_with_ties_broken_by_index():
+    rng = np.random.default_rng(0)
+    # Few distinct values: many ties, including at the k-th position.
+    scores = rng.integers(0, 5, size=(20, 300)).astype(np.float32)
+    indices, top = top_k_rows(scores, 17)
+    for r in range(scores.shape[0]):
+        expected = np.lexsort((np.arange(300), -scores[r]))[:17]
+        np.testing.assert_array_equal(indices[r], expected)
+        np.testing.assert_array_equal(top[r], scores[r, expected])
+
+
+def test_top_k_rows_returns_everything_when_k_exceeds_the_catalog():
+    indices, _ = top_k_rows(np.array([[0.1, 0.3, 0.2]], dtype=np.float32), 10)
+    assert indices.tolist() == [[1, 2, 0]]
+
+
+def test_index_search_rejects_vectors_of_the_wrong_width_naming_the_model():
+    index = CatalogIndex(np.eye(4, dtype=np.float32), "e1")
+    with pytest.raises(ConfigError, match=r"ranker: query_embedding: expected \[batch, 4\]"):
+        index.search(np.ones((1, 3), dtype=np.float32), 2)
+
+
+def test_index_refuses_to_load_for_a_different_embedder(tmp_path):
+    CatalogIndex(np.eye(4, dtype=np.float32), "embedder-a").save(tmp_path)
+    assert CatalogIndex.load(tmp_path, "embedder-a").embedder_id == "embedder-a"
+    with pytest.raises(ArtifactError, match="built by embedder embedder-a.*served embedder is embedder-b"):
+        CatalogIndex.load(tmp_path, "embedder-b")
+
+
+def test_index_detects_vectors_that_do_not_match_their_manifest(tmp_path):
+    CatalogIndex(np.eye(4, dtype=np.float32), "e").save(tmp_path)
+    np.save(tmp_path / "index.npy", np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ArtifactError, match="checksum"):
+        CatalogIndex.load(tmp_path)
+
+
+def test_finalize_dedupes_keeps_best_score_and_breaks_ties_by_product_id():
+    catalog = CatalogLookup(["p3", "p1", "p2", "p0"], ["t3", "t1", "t2", "t0"])
+    indices = np.array([[0, 1, 0, 2, 3, -1]])
+    scores = np.array([[0.5, 0.9, 0.7, 0.9, 0.1, 5.0]], dtype=np.float32)
+    hits = catalog.finalize(indices, scores, top_k=3)[0]
+    # p1 and p2 tie at 0.9: p1 first; p3 appears twice, its best score wins; -1 is dropped.
+    assert [(h.product_id, round(h.score, 2)) for h in hits] == [("p1", 0.9), ("p2", 0.9), ("p3", 0.7)]
+
+
+def test_hits_to_arrays_pads_short_rows_with_empty_ids():
+    catalog = CatalogLookup(["a", "b"], ["Alpha", "Bêta"])
+    hits = catalog.finalize(np.array([[1, 0]]), np.array([[0.2, 0.1]], dtype=np.float32), top_k=4)
+    ids, titles, scores = hits_to_arrays(hits, 4)
+    assert ids.tolist() == [[b"b", b"a", b"", b""]]
+    assert titles[0, 0].decode() == "Bêta"
+    assert scores.dtype == np.float32 and scores[0, 3] == 0

@@ -1,0 +1,53 @@
+"""The README's main job, stage by stage, through the same scripts the Makefile calls
+(on the tiny recipe so it takes a minute): train -> build-repo -> serve -> query."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shopsearch.serving.server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def run(*args, timeout=600):
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_train_build_serve_and_query_through_the_scripts(tmp_path):
+    checkpoint, repo = tmp_path / "ck", tmp_path / "repo"
+    out = run("training/train_search.py", "--recipe", "training/recipes/tiny.toml", "--out", str(checkpoint), "--steps", "40")
+    assert "dev metrics" in out and (checkpoint / "checkpoint.json").exists()
+    out = run("build/build_repo.py", "--checkpoint", str(checkpoint), "--recipe", "training/recipes/tiny.toml",
+              "--out", str(repo), "--work", str(tmp_path / "work"))
+    manifest = json.loads((repo / "build_manifest.json").read_text())
+    assert manifest["parity"]["onnx_fp32_vs_pytorch"]["max_abs_diff"] < 1e-4
+    assert manifest["catalog"]["products"] == 2000
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["embedder", "postprocess", "ranker", "search", "tokenizer"]
+    ports = [str(free_port()) for _ in range(3)]
+    out = run("-m", "shopsearch.cli", "serve", "--repo", str(repo), "--http-port", ports[0], "--grpc-port", ports[1],
+              "--metrics-port", ports[2], "--log", str(tmp_path / "triton.log"), "--exit-after-ready")
+    assert "> red running shoes" in out and "tritonserver is ready" in out and "tritonserver stopped" in out
+    first_hit = out.split("> red running shoes", 1)[1].splitlines()[1]
+    assert first_hit.strip().startswith("1.")
+
+
+def test_build_fails_with_a_clear_message_when_the_checkpoint_is_missing(tmp_path):
+    result = subprocess.run([sys.executable, "build/build_repo.py", "--checkpoint", str(tmp_path / "none"),
+                             "--recipe", "training/recipes/tiny.toml", "--out", str(tmp_path / "repo")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "encoder.pt is missing (train first)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_make_help_lists_every_target():
+    result = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    for target in ("demo", "train", "build-repo", "serve", "query", "test", "evaluate"):
+        assert f"  {target}" in result.stdout

@@ -1,0 +1,100 @@
+"""Generated configs against committed golden files, plus generate -> parse round trips."""
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+
+from shopsearch.errors import ConfigError
+from shopsearch.export import OnnxSignature, TensorIO
+from shopsearch.serving.ensemble import EnsembleDeclaration, load_declaration, wire_ensemble
+from shopsearch.serving.model_config import (
+    DynamicBatching, PythonModelConfig, TensorSpec, parameters_of, read_config, render_config, write_config,
+)
+from shopsearch.serving.search_models import embedder_config, postprocess_config, ranker_config, tokenizer_config
+
+GOLDEN = Path(__file__).parent / "golden"
+SIGNATURE = OnnxSignature(
+    inputs=(TensorIO("input_ids", "int64", ("batch", "sequence")), TensorIO("attention_mask", "int64", ("batch", "sequence"))),
+    outputs=(TensorIO("embedding", "float32", ("batch", 256)),),
+)
+BATCHING = DynamicBatching(max_queue_delay_us=1000)
+
+
+def search_models():
+    tok = tokenizer_config(SIGNATURE, 32, BATCHING)
+    emb = embedder_config(SIGNATURE, 8000, 48, 1, BATCHING)
+    rank = ranker_config(emb.outputs[0], 100, "0123456789abcdef", BATCHING)
+    post = postprocess_config(rank, 10, BATCHING)
+    return {m.name: m for m in (tok, emb, rank, post)}
+
+
+def all_configs():
+    models = search_models()
+    return {**models, "search": wire_ensemble(load_declaration("search"), models)}
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "embedder", "ranker", "postprocess", "search"])
+def test_generated_config_matches_its_golden_file(name):
+    rendered = render_config(all_configs()[name])
+    assert rendered == (GOLDEN / f"{name}.pbtxt").read_text(), f"regenerate with: python tests/golden/regenerate.py"
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "embedder", "ranker", "postprocess", "search"])
+def test_written_config_parses_back_to_the_same_message(name, tmp_path):
+    config = all_configs()[name]
+    write_config(config, tmp_path / name)
+    assert read_config(tmp_path / name) == config.to_proto()
+
+
+def test_ensemble_tensor_names_come_from_the_exported_model():
+    renamed = OnnxSignature(
+        inputs=(TensorIO("ids", "int64", ("b", "s")), TensorIO("mask", "int64", ("b", "s"))),
+        outputs=(TensorIO("query_vector", "float32", ("b", 64)),),
+    )
+    tok = tokenizer_config(renamed, 32, BATCHING)
+    emb = embedder_config(renamed, 100, 48, 1, BATCHING)
+    rank = ranker_config(emb.outputs[0], 50, "x", BATCHING)
+    post = postprocess_config(rank, 10, BATCHING)
+    ensemble = wire_ensemble(load_declaration("search"), {m.name: m for m in (tok, emb, rank, post)})
+    steps = {s.model_name: s for s in ensemble.steps}
+    assert dict(steps["tokenizer"].output_map) == {"ids": "ids", "mask": "mask"}
+    assert dict(steps["ranker"].input_map) == {"query_vector": "query_vector"}
+    assert parameters_of(tok.to_proto())["ids_output"] == "ids"
+
+
+def test_wiring_fails_naming_the_step_and_tensor_when_nothing_produces_an_input():
+    models = search_models()
+    models["ranker"] = ranker_config(TensorSpec("other_vector", "float32", (256,)), 100, "x", BATCHING)
+    with pytest.raises(ConfigError, match=r"search: ranker.other_vector: no earlier step produces it"):
+        wire_ensemble(load_declaration("search"), models)
+
+
+def test_wiring_fails_when_a_declared_output_is_not_produced():
+    decl = EnsembleDeclaration("search", ("tokenizer", "embedder", "ranker", "postprocess"), ("QUERY",), ("PRICES",), 256)
+    with pytest.raises(ConfigError, match=r"search: outputs: \['PRICES'\]"):
+        wire_ensemble(decl, search_models())
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"max_batch_size": -1}, "max_batch_size"),
+        ({"instance_count": 0}, "instance_group.count"),
+        ({"max_batch_size": 0}, "dynamic_batching"),
+        ({"dynamic_batching": DynamicBatching(preferred_batch_sizes=(512,))}, "dynamic_batching.preferred_batch_size"),
+        ({"inputs": (TensorSpec("x", "float32", (0,)),)}, "x.dims"),
+        ({"inputs": (TensorSpec("x", "complex64", (1,)),)}, "data_type"),
+    ],
+)
+def test_python_model_config_rejects_invalid_fields_naming_model_and_field(kwargs, field):
+    base = dict(name="m", inputs=(TensorSpec("x", "float32", (4,)),), outputs=(TensorSpec("y", "float32", (4,)),))
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        PythonModelConfig(**{**base, **kwargs})
+
+
+def test_config_with_max_batch_size_zero_keeps_the_field_explicit():
+    config = PythonModelConfig("m", (TensorSpec("x", "float32", (4,)),), (TensorSpec("y", "float32", (4,)),),
+                               max_batch_size=0, dynamic_batching=None)
+    message = text_format.Parse(render_config(config), type(config.to_proto())())
+    assert message.max_batch_size == 0 and not message.HasField("dynamic_batching")
