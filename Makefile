@@ -21,8 +21,6 @@ Q ?= red running shoes
 PYTEST_ARGS ?=
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
-# perf_analyzer (tritonclient 2.50) loads libcudart.so.12 at start even on CPU; the wheel ships it.
-CUDART_DIR = $(shell $(PY) -c "import nvidia.cuda_runtime, os; print(os.path.join(list(nvidia.cuda_runtime.__path__)[0], 'lib'))" 2>/dev/null)
 
 .PHONY: help venv demo train build-repo serve query evaluate data test test-unit clean
 
@@ -69,7 +67,7 @@ data: venv ## write the dataset in the project's jsonl format to artifacts/data/
 	$(BIN)/shopsearch write-data $(DATA_ARGS) --out artifacts/data/$(DATA)
 
 test: venv ## run the whole test suite (unit + integration against a real tritonserver)
-	LD_LIBRARY_PATH=$(CUDART_DIR):$$LD_LIBRARY_PATH $(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv ## fast unit tests only
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

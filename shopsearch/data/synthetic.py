@@ -77,7 +77,7 @@ def _make_products(cfg: SyntheticShopConfig, rng: random.Random) -> list[Product
     for type_index, (cat, (type_name, _)) in enumerate(type_specs):
         # Spread the remainder evenly so the total is exactly n_products.
         target = int(round(per_type * (type_index + 1))) - int(round(per_type * type_index))
-        attrs = dict(cat.attributes)
+        attrs = cat.attributes_of(type_name)
         lines_used: set[tuple[str, str]] = set()
         made = 0
         while made < target:
@@ -110,12 +110,12 @@ def _product(index, cat: CategorySpec, type_name, brand, attributes, base_price,
     attrs = dict(cat.attributes)
     descriptors = [
         _title_word(attributes[k])
-        for k in ("material", "feature", "variant", "connectivity", "finish", "resolution", "kit", "age")
+        for k in ("material", "feature", "variant", "connectivity", "finish", "resolution", "age")
         if k in attributes
     ]
     details = []
     for kind in ("colour", "size", "capacity", "screen", "storage", "memory", "pack", "weight",
-                 "voltage", "model"):
+                 "voltage", "kit", "model"):
         if kind in attributes:
             value = attributes[kind]
             details.append(_display_size(attrs[kind], value) if kind == "size" else _title_word(value))

@@ -32,10 +32,16 @@ class CategorySpec:
     # attribute kind -> values; "colour" always comes first in titles when present
     attributes: tuple[tuple[str, tuple[str, ...]], ...]
     price: tuple[float, float]
+    # attribute kind -> the only types it applies to (a headlamp has no "4 person" capacity)
+    only_for: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def attributes_of(self, product_type: str) -> dict[str, tuple[str, ...]]:
+        limited = dict(self.only_for)
+        return {k: v for k, v in self.attributes if k not in limited or product_type in limited[k]}
 
 
-def _c(name, types, brands, attributes, price):
-    return CategorySpec(name, tuple(types), tuple(brands), tuple(attributes), price)
+def _c(name, types, brands, attributes, price, only_for=()):
+    return CategorySpec(name, tuple(types), tuple(brands), tuple(attributes), price, tuple(only_for))
 
 
 CATEGORIES: tuple[CategorySpec, ...] = (
@@ -108,13 +114,13 @@ CATEGORIES: tuple[CategorySpec, ...] = (
                    ("memory card", ("sd card", "microsd card"))],
        ["Optiva", "Lensora", "Shutterly", "Framewise"],
        [("colour", ("black", "silver", "grey")), ("capacity", ("64GB", "128GB", "256GB"))],
-       (15, 1600)),
+       (15, 1600), [("capacity", ("memory card",))]),
     _c("Kitchen Appliances", [("blender", ("smoothie maker", "countertop blender")), ("air fryer", ("airfryer", "hot air fryer")),
                               ("coffee maker", ("coffee machine", "drip coffee maker")), ("electric kettle", ("kettle", "water boiler")),
                               ("toaster", ("bread toaster", "2 slice toaster"))],
        ["Kitchora", "Brewmaster", "Heatwell", "Culina"],
        [("colour", ("black", "white", "red", "silver", "teal", "beige")), ("capacity", ("1L", "1.7L", "4 qt", "6 qt", "12 cup"))],
-       (20, 300)),
+       (20, 300), [("capacity", ("blender", "air fryer", "coffee maker", "electric kettle"))]),
     _c("Cookware", [("frying pan", ("skillet", "fry pan")), ("saucepan", ("sauce pot", "small pot")),
                     ("dutch oven", ("casserole pot", "cocotte")), ("stock pot", ("soup pot", "large pot"))],
        ["Ferrocast", "Culina", "Copperleaf", "Chefmark"],
@@ -175,7 +181,7 @@ CATEGORIES: tuple[CategorySpec, ...] = (
                    ("camping stove", ("backpacking stove", "camp stove")), ("headlamp", ("head torch", "head light"))],
        ["Trailhaus", "Northpeak", "Campcraft", "Wildfire Gear"],
        [("colour", ("green", "orange", "blue", "grey", "red", "olive")), ("capacity", ("1 person", "2 person", "4 person", "6 person"))],
-       (15, 480)),
+       (15, 480), [("capacity", ("tent",))]),
     _c("Fitness", [("yoga mat", ("exercise mat", "workout mat")), ("dumbbells", ("hand weights", "free weights")),
                    ("resistance bands", ("exercise bands", "workout bands")), ("jump rope", ("skipping rope", "speed rope"))],
        ["Flexcore", "Ironpulse", "Zenfit", "Kinetica"],
