@@ -35,7 +35,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@# The Python backend stub and libpython it links against (Debian: libpython3.11).
 	@ldd $$($(PY) -c "from shopsearch.serving.server import find_triton; print(find_triton().stub_source)") | grep -q "not found" \
-		&& { apt-get install -y -qq libpython3.11 || { echo "error: install libpython3.11"; exit 1; }; } || true
+		&& { { apt-get update -qq && apt-get install -y -qq libpython3.11; } || { echo "error: install libpython3.11"; exit 1; }; } || true
 	$(BIN)/shopsearch setup-triton
 	touch $@
 
