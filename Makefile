@@ -12,6 +12,9 @@ DATA_DIR ?=
 RECIPE ?= training/recipes/$(DATA).toml
 CHECKPOINT ?= artifacts/checkpoints/$(DATA)
 REPO ?= model_repository
+TARGET ?= cpu
+PRECISION ?= int8
+GPU_BACKEND ?= tensorrt
 TOP_K ?= 10
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
@@ -22,7 +25,7 @@ PYTEST_ARGS ?=
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: help venv demo train build-repo serve query evaluate data test test-unit clean
+.PHONY: help venv demo train build-repo bench-models serve query evaluate data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,9 +52,14 @@ demo: venv ## the main job: train, build the repository and serve it (DATA=synth
 train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT)
 	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS)
 
-build-repo: venv ## export ONNX (parity-checked), embed the catalog, lay out $(REPO)
+build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8, GPU_BACKEND=tensorrt|onnxruntime), parity-gate, lay out $(REPO)
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
-	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) $(DATA_ARGS)
+	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) \
+		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) $(DATA_ARGS)
+
+bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP32 / fused / fused+INT8
+	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
+	$(PY) build/bench_models.py --checkpoint $(CHECKPOINT) --repo $(REPO) --out reports/bench_models.json
 
 serve: venv ## start tritonserver on 127.0.0.1 with $(REPO), show example queries, wait for Ctrl-C
 	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)

@@ -22,11 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--top-k", type=int, default=BuildOptions.top_k)
     parser.add_argument("--threads", type=int, default=BuildOptions.intra_op_threads, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--target", default=BuildOptions.target, help="cpu (pip tritonserver) or gpu (NVIDIA's Triton container)")
+    parser.add_argument("--precision", default=BuildOptions.precision, help="cpu target embedder: fp32, fused or int8")
+    parser.add_argument("--gpu-backend", default=BuildOptions.gpu_backend, help="gpu target embedder: tensorrt or onnxruntime")
     args = parser.parse_args(argv)
     try:
         dataset = load_recipe(args.recipe).dataset(args.data, args.data_dir)
         report = build_repository(args.checkpoint, dataset, args.out, args.work / dataset.name,
-                                  BuildOptions(top_k=args.top_k, intra_op_threads=args.threads),
+                                  BuildOptions(target=args.target, precision=args.precision, gpu_backend=args.gpu_backend,
+                                               top_k=args.top_k, intra_op_threads=args.threads),
                                   log=lambda m: print(m, flush=True))
     except ShopSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,9 +29,15 @@ class TorchEmbedder:
 
 
 class OnnxEmbedder:
-    """ONNX Runtime session whose input/output names are read from the graph, not assumed."""
+    """ONNX Runtime session whose input/output names are read from the graph, not assumed.
 
-    def __init__(self, path: Path, intra_op_threads: int = 0):
+    `row_by_row` runs each text alone, trimmed to its own length. Dynamically quantized (INT8)
+    graphs need it: they pick activation scales per tensor at run time, so a batched query's
+    vector would depend on whatever other queries shared its batch, and served rankings would
+    change with traffic. Row by row, a query's vector depends on the query alone.
+    """
+
+    def __init__(self, path: Path, intra_op_threads: int = 0, row_by_row: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -41,10 +47,19 @@ class OnnxEmbedder:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        self.row_by_row = row_by_row
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], dict(zip(self.input_names, (ids, mask))))[0]
 
     def embed(self, batch: EncodedBatch) -> np.ndarray:
-        feeds = dict(zip(self.input_names, (batch.input_ids, batch.attention_mask)))
-        return self.session.run([self.output_name], feeds)[0]
+        if not self.row_by_row:
+            return self._run(batch.input_ids, batch.attention_mask)
+        rows = []
+        for ids, mask in zip(batch.input_ids, batch.attention_mask):
+            length = max(int(mask.sum()), 1)
+            rows.append(self._run(ids[None, :length], mask[None, :length]))
+        return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def embed_texts(embedder: Embedder, encoder: TextEncoder, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

@@ -34,14 +34,18 @@ class ArtifactError(ShopSearchError):
 
 
 class ExportParityError(ShopSearchError):
-    """An exported model's outputs drifted from the source model beyond the declared tolerance."""
+    """An exported model's outputs drifted from the source model beyond its declared bounds.
 
-    def __init__(self, artifact: str, diffs: dict[str, float], tolerances: dict[str, float]):
-        self.artifact, self.diffs, self.tolerances = artifact, diffs, tolerances
-        lines = [
-            f"  {name}: {value:.3g} (limit {tolerances[name]:.3g})" for name, value in diffs.items()
-        ]
+    `checks` holds every measured number, passing or not: (name, value, bound, ok)."""
+
+    def __init__(self, artifact: str, checks: list[tuple[str, float, str, bool]]):
+        self.artifact, self.checks = artifact, checks
+        lines = [f"  {'ok  ' if ok else 'FAIL'} {name} = {value:.6g} (bound {bound})" for name, value, bound, ok in checks]
         super().__init__(f"{artifact} drifted from its source model:\n" + "\n".join(lines))
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, _, _, ok in self.checks if not ok]
 
 
 class ServerError(ShopSearchError):

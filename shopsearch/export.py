@@ -10,25 +10,11 @@ import numpy as np
 import onnx
 import torch
 
-from shopsearch.embedding import OnnxEmbedder, TorchEmbedder
-from shopsearch.errors import ExportParityError
 from shopsearch.modeling import BiEncoder
-from shopsearch.tokenization import TextEncoder
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embedding"
 OPSET = 17
-
-
-@dataclass(frozen=True)
-class ParityTolerance:
-    """Declared beside the model: FP32 ONNX must match PyTorch to float rounding."""
-
-    max_abs_diff: float = 1e-4
-    min_cosine: float = 0.9999
-
-
-FP32_TOLERANCE = ParityTolerance()
 
 
 @dataclass(frozen=True)
@@ -93,28 +79,3 @@ def read_signature(path: Path) -> OnnxSignature:
         inputs=tuple(io(v) for v in graph.input if v.name not in initializers),
         outputs=tuple(io(v) for v in graph.output),
     )
-
-
-def check_parity(
-    model: BiEncoder,
-    onnx_path: Path,
-    encoder: TextEncoder,
-    texts: list[str],
-    tolerance: ParityTolerance = FP32_TOLERANCE,
-) -> dict[str, float]:
-    """Embed the same texts with both runtimes; raise ExportParityError listing every number on drift."""
-    batch = encoder.encode_texts(texts)
-    reference = TorchEmbedder(model).embed(batch)
-    exported = OnnxEmbedder(onnx_path).embed(batch)
-    cosine = np.sum(reference * exported, axis=1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(exported, axis=1)
-    )
-    numbers = {"max_abs_diff": float(np.max(np.abs(reference - exported))), "min_cosine": float(np.min(cosine))}
-    failed = numbers["max_abs_diff"] > tolerance.max_abs_diff or numbers["min_cosine"] < tolerance.min_cosine
-    if failed:
-        raise ExportParityError(
-            str(onnx_path),
-            {f"{OUTPUT_NAME}.max_abs_diff": numbers["max_abs_diff"], f"{OUTPUT_NAME}.1-min_cosine": 1 - numbers["min_cosine"]},
-            {f"{OUTPUT_NAME}.max_abs_diff": tolerance.max_abs_diff, f"{OUTPUT_NAME}.1-min_cosine": 1 - tolerance.min_cosine},
-        )
-    return numbers

@@ -50,16 +50,19 @@ class TextEncoder:
     refused, because there is nothing to search for.
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, model_name: str = "tokenizer"):
+    def __init__(self, tokenizer: Tokenizer, max_length: int, model_name: str = "tokenizer", pad_multiple: int = 0):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.model_name = model_name
+        # >0: pad every batch to a multiple of this, so a GPU engine sees few distinct shapes and
+        # Triton's batcher can join requests (native backends batch equal shapes only).
+        self.pad_multiple = pad_multiple
         tokenizer.enable_truncation(max_length=max_length)
         tokenizer.no_padding()
 
     @classmethod
-    def from_file(cls, path: Path, max_length: int, model_name: str = "tokenizer") -> "TextEncoder":
-        return cls(Tokenizer.from_file(str(path)), max_length, model_name)
+    def from_file(cls, path: Path, max_length: int, model_name: str = "tokenizer", pad_multiple: int = 0) -> "TextEncoder":
+        return cls(Tokenizer.from_file(str(path)), max_length, model_name, pad_multiple)
 
     def decode_query(self, raw: bytes | str, index: int) -> str:
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
@@ -75,6 +78,8 @@ class TextEncoder:
     def encode_texts(self, texts: Sequence[str]) -> EncodedBatch:
         encodings = self.tokenizer.encode_batch(list(texts))
         seq = max((len(e.ids) for e in encodings), default=0)
+        if self.pad_multiple:
+            seq = min(-(-seq // self.pad_multiple) * self.pad_multiple, self.max_length)
         ids = np.full((len(encodings), seq), PAD_ID, dtype=np.int64)
         mask = np.zeros((len(encodings), seq), dtype=np.int64)
         for row, enc in enumerate(encodings):

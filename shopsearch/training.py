@@ -30,6 +30,7 @@ class TrainConfig:
     intermediate_size: int = 512
     max_query_length: int = 32
     max_product_length: int = 48
+    max_positions: int = 64
     batch_size: int = 64  # queries per step; each brings one positive product
     steps: int = 600
     learning_rate: float = 5e-4
@@ -130,6 +131,7 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
         vocab_size=tokenizer.get_vocab_size(), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
         num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
         max_query_length=cfg.max_query_length, max_product_length=cfg.max_product_length,
+        max_positions=cfg.max_positions,
     )
     model = BiEncoder(model_cfg)
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]

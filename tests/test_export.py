@@ -3,22 +3,36 @@ import pytest
 import torch
 
 from shopsearch.errors import ExportParityError
-from shopsearch.export import INPUT_NAMES, OUTPUT_NAME, check_parity, export_onnx, read_signature
+from shopsearch.export import INPUT_NAMES, OUTPUT_NAME, export_onnx, read_signature
 from shopsearch.modeling import TOKENIZER_FILE, load_checkpoint
+from shopsearch.embedding import OnnxEmbedder
+from shopsearch.optimize import PARITY, fuse_transformer, quantize_int8
+from shopsearch.parity import RetrievalSet, compare, gate, onnxrt_runner, polygraphy_compare, reference_outputs, run_side
 from shopsearch.tokenization import TextEncoder
-
-PROBES = ["red running shoes", "x", "stainless steel frying pan 12 inch " * 8, "cordless drill 20v"]
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
     model, _ = load_checkpoint(tiny_checkpoint)
-    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
-    encoder = TextEncoder.from_file(tiny_checkpoint / TOKENIZER_FILE, model.config.max_query_length)
-    return model, path, encoder
+    work = tmp_path_factory.mktemp("onnx")
+    path = export_onnx(model, work / "model.onnx")
+    return model, path, work
 
 
-def test_onnx_export_has_dynamic_batch_and_sequence_axes(exported):
+@pytest.fixture(scope="module")
+def encoders(tiny_checkpoint, exported):
+    model = exported[0]
+    return (TextEncoder.from_file(tiny_checkpoint / TOKENIZER_FILE, model.config.max_query_length),
+            TextEncoder.from_file(tiny_checkpoint / TOKENIZER_FILE, model.config.max_product_length))
+
+
+@pytest.fixture(scope="module")
+def reference(exported, encoders, tiny_dataset):
+    data = RetrievalSet.from_dataset(tiny_dataset, max_queries=60)
+    return data, reference_outputs(exported[0], *encoders, data)
+
+
+def test_onnx_export_has_dynamic_batch_and_sequence_axes_and_a_fixed_width(exported):
     model, path, _ = exported
     signature = read_signature(path)
     assert [i.name for i in signature.inputs] == list(INPUT_NAMES)
@@ -27,24 +41,45 @@ def test_onnx_export_has_dynamic_batch_and_sequence_axes(exported):
     assert signature.outputs[0].shape[1] == model.config.hidden_size
 
 
-def test_onnx_export_matches_pytorch_within_fp32_tolerance(exported):
-    model, path, encoder = exported
-    numbers = check_parity(model, path, encoder, PROBES)
-    assert numbers["max_abs_diff"] < 1e-4 and numbers["min_cosine"] > 0.9999
+def test_every_cpu_artifact_passes_its_parity_gate(exported, encoders, reference):
+    model, fp32, work = exported
+    data, ref = reference
+    fused, ops = fuse_transformer(fp32, work / "fused.onnx", model.config.num_heads, model.config.hidden_size)
+    assert ops.get("Attention") == model.config.num_layers
+    int8 = quantize_int8(fused, work / "int8.onnx")
+    assert int8.stat().st_size < 0.6 * fp32.stat().st_size
+    for name, path in (("onnx_fp32", fp32), ("onnx_fused", fused), ("onnx_int8", int8)):
+        report = gate(compare(name, ref, run_side(OnnxEmbedder(path), *encoders, data), PARITY[name]))
+        assert report.ok and report.numbers["mean_cosine"] >= PARITY[name].min_mean_cosine
+    fp32_report = compare("onnx_fp32", ref, run_side(OnnxEmbedder(fp32), *encoders, data), PARITY["onnx_fp32"])
+    assert fp32_report.numbers["max_abs_diff"] < 1e-4 and abs(fp32_report.numbers["ndcg10_drop"]) < 1e-3
 
 
-def test_parity_check_fails_the_build_listing_each_number_when_the_export_drifts(exported):
-    model, path, encoder = exported
+def test_parity_gate_fails_the_build_listing_every_number_when_an_artifact_drifts(exported, encoders, reference):
+    model, fp32, work = exported
+    data, ref = reference
     drifted = type(model)(model.config)
     drifted.load_state_dict(model.state_dict())
     with torch.no_grad():
-        drifted.bert.encoder.layer[0].output.dense.weight.mul_(1.5)  # the ONNX file still has the old weights
-    drifted.eval()
+        drifted.bert.encoder.layer[0].output.dense.weight.mul_(3.0)
+    drifted_path = export_onnx(drifted, work / "drifted.onnx")
     with pytest.raises(ExportParityError) as info:
-        check_parity(drifted, path, encoder, PROBES)
+        gate(compare("onnx_fp32", ref, run_side(OnnxEmbedder(drifted_path), *encoders, data), PARITY["onnx_fp32"]))
     message = str(info.value)
-    assert "embedding.max_abs_diff" in message and "limit" in message
-    assert info.value.diffs["embedding.max_abs_diff"] > 1e-4
+    for name in ("embedding.max_abs_diff", "embedding.mean_cosine", "retrieval.top10_overlap", "retrieval.ndcg10_drop"):
+        assert name in message  # passing numbers are listed too
+    assert "embedding.max_abs_diff" in info.value.failed and "FAIL" in message
+
+
+def test_polygraphy_comparator_checks_one_runtime_against_another(exported, encoders):
+    model, fp32, work = exported
+    fused, _ = fuse_transformer(fp32, work / "fused_pg.onnx", model.config.num_heads, model.config.hidden_size)
+    batch = encoders[0].encode_texts(["red tent", "frying pan 12 inch", "x"])
+    feeds = [{"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}]
+    result = polygraphy_compare(onnxrt_runner(fp32, "fp32"), onnxrt_runner(fused, "fused"), feeds, atol=1e-3)
+    assert result["passed"] and result["max_abs_diff_first_feed"] < 1e-3
+    drifted = polygraphy_compare(onnxrt_runner(fp32, "fp32"), onnxrt_runner(quantize_int8(fused, work / "i8.onnx"), "int8"), feeds, atol=1e-7)
+    assert not drifted["passed"]
 
 
 def test_checkpoint_carries_its_config_and_provenance(tiny_checkpoint):

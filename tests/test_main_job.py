@@ -27,7 +27,11 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
     out = run("build/build_repo.py", "--checkpoint", str(checkpoint), "--recipe", "training/recipes/tiny.toml",
               "--out", str(repo), "--work", str(tmp_path / "work"))
     manifest = json.loads((repo / "build_manifest.json").read_text())
-    assert manifest["parity"]["onnx_fp32_vs_pytorch"]["max_abs_diff"] < 1e-4
+    assert manifest["parity"]["onnx_fp32"]["numbers"]["max_abs_diff"] < 1e-4
+    assert manifest["served_embedder"] == "onnx_int8" and manifest["parity"]["onnx_int8"]["passed"]
+    for model in ("tokenizer", "embedder", "ranker", "postprocess", "search"):
+        version = json.loads((repo / model / "1" / "manifest.json").read_text())
+        assert version["checkpoint_sha256"] == manifest["checkpoint_sha256"] and version["code_version"]
     assert manifest["catalog"]["products"] == 2000
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["embedder", "postprocess", "ranker", "search", "tokenizer"]
     ports = [str(free_port()) for _ in range(3)]

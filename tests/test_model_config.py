@@ -11,7 +11,9 @@ from shopsearch.serving.ensemble import EnsembleDeclaration, load_declaration, w
 from shopsearch.serving.model_config import (
     DynamicBatching, PythonModelConfig, TensorSpec, parameters_of, read_config, render_config, write_config,
 )
-from shopsearch.serving.search_models import embedder_config, postprocess_config, ranker_config, tokenizer_config
+from shopsearch.serving.search_models import (
+    embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 SIGNATURE = OnnxSignature(
@@ -29,18 +31,38 @@ def search_models():
     return {m.name: m for m in (tok, emb, rank, post)}
 
 
-def all_configs():
+def gpu_models(backend):
+    gpu_batching = DynamicBatching(preferred_batch_sizes=(8, 32), max_queue_delay_us=1000)
     models = search_models()
-    return {**models, "search": wire_ensemble(load_declaration("search"), models)}
+    models["tokenizer"] = tokenizer_config(SIGNATURE, 32, BATCHING, pad_multiple=8)
+    profiles = ("0", "1") if backend == "tensorrt" else ("0",)
+    models["embedder"] = embedder_gpu_config(SIGNATURE, backend, gpu_batching, profiles)
+    return models
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "embedder", "ranker", "postprocess", "search"])
+def all_configs():
+    """Every config a build can emit: the CPU target, and the GPU target with either backend."""
+    models = search_models()
+    configs = {**models, "search": wire_ensemble(load_declaration("search"), models)}
+    for backend in ("tensorrt", "onnxruntime"):
+        gpu = gpu_models(backend)
+        configs[f"gpu_{backend}/embedder"] = gpu["embedder"]
+        configs[f"gpu_{backend}/search"] = wire_ensemble(load_declaration("search"), gpu)
+    configs["gpu_tensorrt/tokenizer"] = gpu_models("tensorrt")["tokenizer"]
+    return configs
+
+
+GOLDEN_NAMES = ["tokenizer", "embedder", "ranker", "postprocess", "search", "gpu_tensorrt/embedder",
+                "gpu_tensorrt/tokenizer", "gpu_tensorrt/search", "gpu_onnxruntime/embedder", "gpu_onnxruntime/search"]
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_generated_config_matches_its_golden_file(name):
     rendered = render_config(all_configs()[name])
     assert rendered == (GOLDEN / f"{name}.pbtxt").read_text(), f"regenerate with: python tests/golden/regenerate.py"
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "embedder", "ranker", "postprocess", "search"])
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_written_config_parses_back_to_the_same_message(name, tmp_path):
     config = all_configs()[name]
     write_config(config, tmp_path / name)
@@ -98,3 +120,26 @@ def test_config_with_max_batch_size_zero_keeps_the_field_explicit():
                                max_batch_size=0, dynamic_batching=None)
     message = text_format.Parse(render_config(config), type(config.to_proto())())
     assert message.max_batch_size == 0 and not message.HasField("dynamic_batching")
+
+
+def test_gpu_embedder_configs_use_native_platforms_on_gpu_instances():
+    trt = gpu_models("tensorrt")["embedder"].to_proto()
+    assert trt.platform == "tensorrt_plan" and trt.default_model_filename == "model.plan"
+    assert [(g.kind, list(g.profile)) for g in trt.instance_group] == [(pb_kind("KIND_GPU"), ["0"]), (pb_kind("KIND_GPU"), ["1"])]
+    assert list(trt.dynamic_batching.preferred_batch_size) == [8, 32]
+    assert not any(i.allow_ragged_batch for i in trt.input)  # the tokenizer pads instead
+    ort = gpu_models("onnxruntime")["embedder"].to_proto()
+    assert ort.platform == "onnxruntime_onnx" and ort.instance_group[0].kind == pb_kind("KIND_GPU")
+
+
+def pb_kind(name):
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2.ModelInstanceGroup.Kind.Value(name)
+
+
+def test_tensorrt_config_refuses_cpu_instances():
+    from shopsearch.serving.model_config import TensorRTModelConfig
+
+    with pytest.raises(ConfigError, match="embedder: instance_group.kind: a TensorRT engine runs on KIND_GPU only"):
+        TensorRTModelConfig("embedder", (TensorSpec("x", "int64", (-1,)),), (TensorSpec("y", "float32", (4,)),))

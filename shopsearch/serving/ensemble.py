@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shopsearch.errors import ConfigError
-from shopsearch.serving.model_config import EnsembleConfig, EnsembleStep, PythonModelConfig, TensorSpec
+from shopsearch.serving.model_config import EnsembleConfig, EnsembleStep, ModelConfigType, TensorSpec
 
 ENSEMBLE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ensemble_configs"
 
@@ -41,7 +41,7 @@ def load_declaration(name: str, directory: Path = ENSEMBLE_CONFIG_DIR) -> Ensemb
         raise ConfigError(name, str(exc.args[0]), f"missing in {path}") from None
 
 
-def wire_ensemble(declaration: EnsembleDeclaration, models: dict[str, PythonModelConfig]) -> EnsembleConfig:
+def wire_ensemble(declaration: EnsembleDeclaration, models: dict[str, ModelConfigType]) -> EnsembleConfig:
     name = declaration.name
     producers: dict[str, TensorSpec] = {}
     exposed_inputs: dict[str, TensorSpec] = {}

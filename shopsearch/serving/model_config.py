@@ -130,6 +130,49 @@ class PythonModelConfig(_BatchedModelConfig):
 
 
 @dataclass(frozen=True)
+class OnnxRuntimeModelConfig(_BatchedModelConfig):
+    """Triton's native ONNX Runtime backend (NVIDIA's container; not in the pip tritonserver)."""
+
+    model_file: str = "model.onnx"
+
+    def to_proto(self) -> pb.ModelConfig:
+        config = self._base_proto()
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = self.model_file
+        return config
+
+
+@dataclass(frozen=True)
+class TensorRTModelConfig(_BatchedModelConfig):
+    """A serialized TensorRT engine. One GPU instance group per optimization profile, so each
+    traffic pattern gets an execution context tuned for its shapes."""
+
+    model_file: str = "model.plan"
+    profiles: tuple[str, ...] = ("0",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.instance_kind != "KIND_GPU":
+            raise ConfigError(self.name, "instance_group.kind", "a TensorRT engine runs on KIND_GPU only")
+        if not self.profiles:
+            raise ConfigError(self.name, "instance_group.profile", "name at least one optimization profile")
+
+    def to_proto(self) -> pb.ModelConfig:
+        config = self._base_proto()
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = self.model_file
+        del config.instance_group[:]
+        for profile in self.profiles:
+            config.instance_group.append(
+                pb.ModelInstanceGroup(kind="KIND_GPU", count=self.instance_count, profile=[profile])
+            )
+        return config
+
+
+ModelConfigType = PythonModelConfig | OnnxRuntimeModelConfig | TensorRTModelConfig
+
+
+@dataclass(frozen=True)
 class EnsembleStep:
     model_name: str
     input_map: tuple[tuple[str, str], ...]  # (model tensor, ensemble tensor)
@@ -166,11 +209,11 @@ class EnsembleConfig:
         return config
 
 
-def render_config(config: PythonModelConfig | EnsembleConfig) -> str:
+def render_config(config: ModelConfigType | EnsembleConfig) -> str:
     return text_format.MessageToString(config.to_proto())
 
 
-def write_config(config: PythonModelConfig | EnsembleConfig, model_dir: Path) -> Path:
+def write_config(config: ModelConfigType | EnsembleConfig, model_dir: Path) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / CONFIG_FILE
     path.write_text(render_config(config))

@@ -2,7 +2,9 @@
 
     <repo>/<model>/config.pbtxt
     <repo>/<model>/<version>/model.py + artifacts      (Python backend)
-    <repo>/<model>/<version>/                          (ensemble: empty version dir)
+    <repo>/<model>/<version>/model.onnx | model.plan   (native ONNX Runtime / TensorRT backends)
+    <repo>/<model>/<version>/manifest.json             (provenance of this model version)
+    <repo>/<model>/<version>/                          (ensemble: only its manifest)
     <repo>/build_manifest.json                         (how this repository was built)
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopsearch.errors import ArtifactError
-from shopsearch.serving.model_config import EnsembleConfig, PythonModelConfig, write_config
+from shopsearch.serving.model_config import EnsembleConfig, ModelConfigType, PythonModelConfig, write_config
 
 # The committed Python-backend adapters live where Triton expects them in the default repository.
 ADAPTER_SOURCES = Path(__file__).resolve().parents[2] / "model_repository"
@@ -23,9 +25,10 @@ BUILD_MANIFEST = "build_manifest.json"
 
 @dataclass(frozen=True)
 class ModelVersion:
-    config: PythonModelConfig | EnsembleConfig
+    config: ModelConfigType | EnsembleConfig
     files: dict[str, Path] = field(default_factory=dict)  # name inside the version dir -> source file
     version: int = 1
+    manifest: dict = field(default_factory=dict)  # provenance written beside the artifacts
 
 
 def _adapter_source(model: str) -> str:
@@ -33,6 +36,9 @@ def _adapter_source(model: str) -> str:
     if not path.exists():
         raise ArtifactError(f"{model}: no Python-backend adapter at {path}")
     return path.read_text()
+
+
+MODEL_MANIFEST = "manifest.json"
 
 
 def layout_repository(out: Path, models: list[ModelVersion], manifest: dict) -> Path:
@@ -52,6 +58,8 @@ def layout_repository(out: Path, models: list[ModelVersion], manifest: dict) -> 
             shutil.copy2(source, version_dir / target)
         if adapter is not None:
             (version_dir / "model.py").write_text(adapter)
+        version_manifest = {"model": name, "version": entry.version, **entry.manifest}
+        (version_dir / MODEL_MANIFEST).write_text(json.dumps(version_manifest, indent=2, sort_keys=True))
         write_config(entry.config, model_dir)
     (out / BUILD_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return out

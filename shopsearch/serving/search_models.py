@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from shopsearch.export import OnnxSignature, TensorIO
-from shopsearch.serving.model_config import DynamicBatching, PythonModelConfig, TensorSpec
+from shopsearch.serving.model_config import (
+    DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorRTModelConfig, TensorSpec,
+)
 from shopsearch.serving.steps import (
     CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, QUERY, SCORES, TITLES, TOPK,
 )
@@ -17,7 +19,8 @@ def _spec(io: TensorIO, ragged: bool = False) -> TensorSpec:
     return TensorSpec(io.name, io.elem_type, dims, allow_ragged_batch=ragged)
 
 
-def tokenizer_config(signature: OnnxSignature, max_length: int, batching: DynamicBatching) -> PythonModelConfig:
+def tokenizer_config(signature: OnnxSignature, max_length: int, batching: DynamicBatching,
+                     pad_multiple: int = 0) -> PythonModelConfig:
     ids, mask = (_spec(i) for i in signature.inputs)
     return PythonModelConfig(
         name="tokenizer",
@@ -25,12 +28,13 @@ def tokenizer_config(signature: OnnxSignature, max_length: int, batching: Dynami
         outputs=(ids, mask),
         max_batch_size=MAX_BATCH_SIZE,
         dynamic_batching=batching,
-        parameters=(("max_length", str(max_length)), ("ids_output", ids.name), ("mask_output", mask.name)),
+        parameters=(("max_length", str(max_length)), ("ids_output", ids.name), ("mask_output", mask.name),
+                    ("pad_multiple", str(pad_multiple))),
     )
 
 
 def embedder_config(signature: OnnxSignature, vocab_size: int, max_length: int, threads: int,
-                    batching: DynamicBatching) -> PythonModelConfig:
+                    batching: DynamicBatching, row_by_row: bool = False) -> PythonModelConfig:
     return PythonModelConfig(
         name="embedder",
         # Queries of different token counts still batch together: the model pads them itself.
@@ -38,7 +42,8 @@ def embedder_config(signature: OnnxSignature, vocab_size: int, max_length: int, 
         outputs=tuple(_spec(o) for o in signature.outputs),
         max_batch_size=MAX_BATCH_SIZE,
         dynamic_batching=batching,
-        parameters=(("vocab_size", str(vocab_size)), ("max_length", str(max_length)), ("intra_op_threads", str(threads))),
+        parameters=(("vocab_size", str(vocab_size)), ("max_length", str(max_length)), ("intra_op_threads", str(threads)),
+                    ("row_by_row", "1" if row_by_row else "0")),
     )
 
 
@@ -63,3 +68,21 @@ def postprocess_config(ranker: PythonModelConfig, top_k: int, batching: DynamicB
         dynamic_batching=batching,
         parameters=(("top_k", str(top_k)), ("max_k", str(ranker.outputs[0].dims[0]))),
     )
+
+
+def embedder_gpu_config(signature: OnnxSignature, backend: str, batching: DynamicBatching,
+                        profiles: tuple[str, ...] = ("0",), max_batch_size: int = MAX_BATCH_SIZE):
+    """The embedder for NVIDIA's Triton container: a TensorRT engine or ONNX Runtime on the GPU."""
+    common = dict(
+        name="embedder",
+        inputs=tuple(_spec(i) for i in signature.inputs),
+        outputs=tuple(_spec(o) for o in signature.outputs),
+        max_batch_size=max_batch_size,
+        instance_kind="KIND_GPU",
+        dynamic_batching=batching,
+    )
+    if backend == "tensorrt":
+        return TensorRTModelConfig(**common, profiles=profiles)
+    if backend == "onnxruntime":
+        return OnnxRuntimeModelConfig(**common)
+    raise ValueError(f"unknown GPU backend {backend!r}; choose tensorrt or onnxruntime")

@@ -48,7 +48,8 @@ class TokenizerStep:
 
     @classmethod
     def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "TokenizerStep":
-        encoder = TextEncoder.from_file(version_dir / TOKENIZER_FILE, int(_param(params, cls.name, "max_length")), cls.name)
+        encoder = TextEncoder.from_file(version_dir / TOKENIZER_FILE, int(_param(params, cls.name, "max_length")), cls.name,
+                                        pad_multiple=int(params.get("pad_multiple", "0")))
         return cls(encoder, _param(params, cls.name, "ids_output"), _param(params, cls.name, "mask_output"))
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
@@ -75,7 +76,8 @@ class EmbedderStep:
 
     @classmethod
     def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "EmbedderStep":
-        embedder = OnnxEmbedder(version_dir / EMBEDDER_FILE, int(params.get("intra_op_threads", "0")))
+        embedder = OnnxEmbedder(version_dir / EMBEDDER_FILE, int(params.get("intra_op_threads", "0")),
+                                row_by_row=params.get("row_by_row", "0") == "1")
         return cls(embedder, int(_param(params, cls.name, "vocab_size")), int(_param(params, cls.name, "max_length")))
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:

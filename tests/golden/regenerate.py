@@ -11,5 +11,6 @@ if __name__ == "__main__":
     from tests.test_model_config import GOLDEN, all_configs
 
     for name, config in all_configs().items():
+        (GOLDEN / f"{name}.pbtxt").parent.mkdir(parents=True, exist_ok=True)
         (GOLDEN / f"{name}.pbtxt").write_text(render_config(config))
         print(f"wrote {GOLDEN / name}.pbtxt")
