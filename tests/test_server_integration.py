@@ -165,3 +165,12 @@ def test_metrics_endpoint_counts_successes_and_failures(triton_server, http):
     assert 'nv_inference_request_success{model="search"' in text
     failures = [line for line in text.splitlines() if line.startswith('nv_inference_request_failure{model="search"')]
     assert failures and any(float(line.rsplit(" ", 1)[1]) > 0 for line in failures)
+
+
+def test_served_dev_metrics_equal_the_in_process_pipeline(built_repo, tiny_dataset, triton_server):
+    from shopsearch.evaluation import evaluate_repository
+
+    report = evaluate_repository(built_repo, tiny_dataset, "dev", served_url=triton_server.http_url, limit=60)
+    for metric in ("ndcg@10", "recall@100", "mrr@10"):
+        assert report["served"][metric] == pytest.approx(report["in_process"][metric], abs=1e-9)
+    assert report["in_process"]["ndcg@10"] > 0.3  # a trained model, not noise
