@@ -15,6 +15,8 @@ REPO ?= model_repository
 TARGET ?= cpu
 PRECISION ?= int8
 GPU_BACKEND ?= tensorrt
+# ONNX Runtime intra-op threads per embedder instance; 0 = one per core (one instance uses them all).
+THREADS ?= 0
 TOP_K ?= 10
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
@@ -55,7 +57,7 @@ train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT)
 build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8, GPU_BACKEND=tensorrt|onnxruntime), parity-gate, lay out $(REPO)
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) \
-		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) $(DATA_ARGS)
+		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) --threads $(THREADS) $(DATA_ARGS)
 
 bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP32 / fused / fused+INT8
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }

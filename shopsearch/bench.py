@@ -79,13 +79,24 @@ def bench_models(checkpoint: Path, work: Path, batches=(1, 32), sequences=(16, 3
                     "p50_ms": 1000 * float(np.percentile(latencies, 50)),
                     "p99_ms": 1000 * float(np.percentile(latencies, 99)),
                 })
+    # Intra-op threads for the served INT8 embedder: one Triton instance on a small machine.
+    thread_rows = []
+    ids = rng.integers(5, cfg.vocab_size, size=(1, 32), dtype=np.int64)
+    single = EncodedBatch(ids, np.ones_like(ids))
+    for n in sorted({1, threads}):
+        session = OnnxEmbedder(int8, intra_op_threads=n, row_by_row=True)
+        latencies = _time_calls(lambda: session.embed(single), min_seconds)
+        thread_rows.append({"variant": "onnxruntime_fused_int8", "threads": n, "batch": 1, "seq": 32,
+                            "queries_per_s": len(latencies) / sum(latencies),
+                            "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+                            "p99_ms": 1000 * float(np.percentile(latencies, 99))})
     baseline = {(r["batch"], r["seq"]): r["queries_per_s"] for r in rows if r["variant"] == BASELINE}
     for row in rows:
         row["speedup_vs_pytorch"] = row["queries_per_s"] / baseline[(row["batch"], row["seq"])]
     load = {BASELINE: _load_seconds(lambda: load_checkpoint(checkpoint))}
     load.update({name: _load_seconds(lambda p=path: OnnxEmbedder(p, threads)) for name, path in files.items()})
     return {
-        "checkpoint": str(checkpoint), "threads": threads, "rows": rows,
+        "checkpoint": str(checkpoint), "threads": threads, "rows": rows, "thread_rows": thread_rows,
         "model_load_s": load,
         "artifact_bytes": {name: path.stat().st_size for name, path in files.items()},
         "repository_bytes": repository_size_bytes(repo) if repo and repo.exists() else None,
@@ -97,6 +108,9 @@ def format_table(report: dict) -> str:
     for r in report["rows"]:
         lines.append(f"{r['variant']:<26} {r['batch']:>5} {r['seq']:>4} {r['queries_per_s']:>9.1f} "
                      f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['speedup_vs_pytorch']:>9.2f}")
+    for r in report["thread_rows"]:
+        lines.append(f"int8 as served, batch 1 seq 32, {r['threads']} intra-op thread(s): {r['queries_per_s']:.1f} q/s, "
+                     f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
     lines.append("model load (s): " + ", ".join(f"{k} {v:.3f}" for k, v in report["model_load_s"].items()))
     lines.append("artifact size (MB): " + ", ".join(f"{k} {v / 1e6:.1f}" for k, v in report["artifact_bytes"].items()))
     if report["repository_bytes"]:
