@@ -59,7 +59,7 @@ GOLDEN_NAMES = ["tokenizer", "embedder", "ranker", "postprocess", "search", "gpu
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_generated_config_matches_its_golden_file(name):
     rendered = render_config(all_configs()[name])
-    assert rendered == (GOLDEN / f"{name}.pbtxt").read_text(), f"regenerate with: python tests/golden/regenerate.py"
+    assert rendered == (GOLDEN / f"{name}.pbtxt").read_text(), "regenerate with: python tests/golden/regenerate.py"
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
