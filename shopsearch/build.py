@@ -34,7 +34,7 @@ from shopsearch.serving.search_models import (
 from shopsearch.serving.steps import EMBEDDER_FILE
 from shopsearch.tensorrt_build import (
     BUILD_COMMAND_FILE, ENGINE_FILE, PROFILES_FILE, TrtEmbedder, build_engine, profiles_for, require_tensorrt,
-    token_length_stats,
+    token_length_stats, trt_runner,
 )
 from shopsearch.tokenization import TextEncoder
 from shopsearch.training import git_revision
@@ -128,14 +128,15 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
         side = run_side(embedder, query_encoder, product_encoder, data)
         report = gate(compare(name, reference, side, PARITY[name]))
         parity[name] = report.to_json()
-        if name == "onnx_fused":
-            # Polygraphy's per-tensor check of the rewritten graph against the graph it came from.
+        if name in ("onnx_fused", "trt_fp16"):
+            # Polygraphy's per-tensor check of the rewritten graph / engine against the FP32 graph.
             feeds = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
                      for b in (query_encoder.encode_texts(data.probes[i : i + 16]) for i in range(0, 48, 16))]
+            candidate = trt_runner(path, 1, name) if name == "trt_fp16" else onnxrt_runner(path, name)
             parity[name]["polygraphy_vs_onnx_fp32"] = polygraphy_compare(
-                onnxrt_runner(fp32, "onnx_fp32"), onnxrt_runner(path, name), feeds, atol=PARITY[name].max_abs_diff)
+                onnxrt_runner(fp32, "onnx_fp32"), candidate, feeds, atol=PARITY[name].max_abs_diff)
         parity[name]["seconds"] = round(time.time() - t, 2)
-        log(f"parity {name}: " + json.dumps({k: round(v, 5) for k, v in report.numbers.items()}))
+        log(f"parity {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in report.numbers.items()))
         served_side = side
     served_name, served_path = chain[-1]
     timings["artifacts_and_parity_s"] = round(time.time() - parity_started, 2)

@@ -109,15 +109,20 @@ def build_engine(onnx_path: Path, out_dir: Path, profiles: tuple[ShapeProfile, .
     return engine_path
 
 
+def trt_runner(engine_path: Path, profile_index: int, name: str | None = None):
+    """Polygraphy's TrtRunner over a saved engine, bound to one optimization profile."""
+    require_tensorrt()
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))), name=name, optimization_profile=profile_index)
+
+
 class TrtEmbedder:
     """Runs a built engine through Polygraphy's TrtRunner (GPU hosts only)."""
 
     def __init__(self, engine_path: Path, profile_index: int):
-        require_tensorrt()
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))), optimization_profile=profile_index)
+        self.runner = trt_runner(engine_path, profile_index)
         self.runner.activate()
 
     def embed(self, batch: EncodedBatch) -> np.ndarray:
