@@ -9,7 +9,6 @@ ranker and postprocess stay Python. Every artifact passes the parity gate or the
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from shopsearch.embedding import OnnxEmbedder
 from shopsearch.errors import ConfigError
 from shopsearch.export import export_onnx, read_signature
 from shopsearch.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
-from shopsearch.modeling import CHECKPOINT_WEIGHTS, TOKENIZER_FILE, load_checkpoint
+from shopsearch.modeling import CHECKPOINT_WEIGHTS, load_checkpoint
 from shopsearch.optimize import PARITY, PRECISIONS, ROW_BY_ROW, fuse_transformer, quantize_int8
 from shopsearch.parity import (
     RetrievalSet, compare, gate, onnxrt_runner, polygraphy_compare, reference_outputs, run_side,
@@ -36,7 +35,7 @@ from shopsearch.tensorrt_build import (
     BUILD_COMMAND_FILE, ENGINE_FILE, PROFILES_FILE, TrtEmbedder, build_engine, profiles_for, require_tensorrt,
     token_length_stats, trt_runner,
 )
-from shopsearch.tokenization import TextEncoder
+from shopsearch.tokenization import TOKENIZER_FILE, TextEncoder
 from shopsearch.training import git_revision
 
 TARGETS = ("cpu", "gpu")

@@ -11,10 +11,10 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from shopsearch.errors import ArtifactError, ConfigError
+from shopsearch.tokenization import TOKENIZER_FILE
 
 CHECKPOINT_WEIGHTS = "encoder.pt"
 CHECKPOINT_META = "checkpoint.json"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)

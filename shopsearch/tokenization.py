@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from shopsearch.errors import InvalidInputError
 
+TOKENIZER_FILE = "tokenizer.json"  # the file name in checkpoints and in the tokenizer model's version dir
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID = 0
 # Queries longer than this many characters are cut before tokenizing: no real query is this long,

@@ -4,11 +4,11 @@ import torch
 
 from shopsearch.errors import ExportParityError
 from shopsearch.export import INPUT_NAMES, OUTPUT_NAME, export_onnx, read_signature
-from shopsearch.modeling import TOKENIZER_FILE, load_checkpoint
+from shopsearch.modeling import load_checkpoint
 from shopsearch.embedding import OnnxEmbedder
 from shopsearch.optimize import PARITY, fuse_transformer, quantize_int8
 from shopsearch.parity import RetrievalSet, compare, gate, onnxrt_runner, polygraphy_compare, reference_outputs, run_side
-from shopsearch.tokenization import TextEncoder
+from shopsearch.tokenization import TOKENIZER_FILE, TextEncoder
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 Each step's `run` takes one dict of input arrays per request (what Triton's dynamic batcher
 grouped together) and returns, per request, either a dict of output arrays or the
-ShopSearchError that request earned. Steps that do heavy math (embedder, ranker) join the
-requests into one batch; a bad request never fails its neighbours.
+ShopSearchError that request earned. The ranker joins the requests into one batch, and so does
+the embedder unless its artifact must run row by row (INT8); a bad request never fails its neighbours.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from shopsearch.embedding import OnnxEmbedder
 from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
 from shopsearch.index import CatalogIndex
 from shopsearch.results import CatalogLookup, hits_to_arrays
-from shopsearch.tokenization import EncodedBatch, TextEncoder, pad_batches
+from shopsearch.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
 
 Arrays = dict[str, np.ndarray]
 Outcome = Arrays | ShopSearchError
@@ -30,7 +30,6 @@ PRODUCT_IDS = "PRODUCT_IDS"
 TITLES = "TITLES"
 SCORES = "SCORES"
 
-TOKENIZER_FILE = "tokenizer.json"
 EMBEDDER_FILE = "model.onnx"
 
 
