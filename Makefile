@@ -27,7 +27,7 @@ PYTEST_ARGS ?=
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: help venv demo train build-repo bench-models serve query evaluate data test test-unit clean
+.PHONY: help venv demo train build-repo bench-models serve query evaluate perf-sweep data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ query: venv ## search the running server: make query Q="red running shoes"
 evaluate: venv ## nDCG@10 / Recall@100 / MRR@10 of $(REPO) on the dev split (add URL=... to also measure the server)
 	$(BIN)/shopsearch evaluate --repo $(REPO) $(DATA_ARGS) $(if $(filter command line,$(origin URL)),--url $(URL)) \
 		--out reports/eval_$(DATA).json
+
+perf-sweep: venv ## perf_analyzer over gRPC for every model and the ensemble against the running server -> reports/perf_sweep/
+	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT)
 
 data: venv ## write the dataset in the project's jsonl format to artifacts/data/$(DATA)
 	$(BIN)/shopsearch write-data $(DATA_ARGS) --out artifacts/data/$(DATA)

@@ -1,0 +1,36 @@
+"""perf_analyzer (installed by the project itself) against the session's real tritonserver."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shopsearch.perf import plot_sweep, run_perf_analyzer, summary_markdown, write_input_data
+
+pytestmark = pytest.mark.integration
+QUERIES = Path(__file__).resolve().parents[1] / "loadtests" / "perf_data" / "search_queries.json"
+
+
+def test_committed_query_data_is_perf_analyzer_input_for_the_ensemble():
+    data = json.loads(QUERIES.read_text())["data"]
+    assert len(data) >= 100 and all(row["QUERY"]["shape"] == [1] for row in data)
+
+
+def test_input_data_for_inner_models_comes_from_the_real_pipeline(built_repo, tmp_path):
+    paths = write_input_data(built_repo, ["blue tent", "frying pan 12 inch"], tmp_path)
+    embedder = json.loads(paths["embedder"].read_text())["data"]
+    assert set(embedder[0]) == {"input_ids", "attention_mask"}
+    assert embedder[0]["input_ids"]["shape"] == embedder[0]["attention_mask"]["shape"]
+    ranker = json.loads(paths["ranker"].read_text())["data"][0]
+    assert len(ranker["embedding"]["content"]) == ranker["embedding"]["shape"][0]
+
+
+def test_short_perf_analyzer_sweep_measures_the_ensemble_and_an_inner_model(triton_server, built_repo, tmp_path):
+    inputs = write_input_data(built_repo, ["blue tent", "grey couch", "cordless drill 20v"], tmp_path / "inputs")
+    points = []
+    for model in ("search", "embedder"):
+        points += run_perf_analyzer(model, triton_server.grpc_url, inputs[model], [1, 2], tmp_path / "csv", measurement_ms=800)
+    assert {(p.model, p.concurrency) for p in points} == {("search", 1), ("search", 2), ("embedder", 1), ("embedder", 2)}
+    assert all(p.throughput > 0 and p.p99_ms >= p.p50_ms > 0 for p in points)
+    assert plot_sweep(points, tmp_path / "sweep.png").stat().st_size > 1000
+    assert "| search | 2 |" in summary_markdown(points)
