@@ -24,10 +24,13 @@ METRICS_PORT ?= 8002
 URL ?= 127.0.0.1:$(HTTP_PORT)
 Q ?= red running shoes
 PYTEST_ARGS ?=
+LOAD_VENV := .venv-load
+USERS ?= 16
+DURATION ?= 60s
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: help venv demo train build-repo bench-models serve query evaluate perf-sweep data test test-unit clean
+.PHONY: help venv demo train build-repo bench-models serve query evaluate perf-sweep loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +48,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv with pinned deps, tritonserver and its Python backend stub
+
+$(LOAD_VENV)/.installed: loadtests/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found"; exit 1; }
+	$(PYTHON) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/python -m pip install --quiet --upgrade pip==24.3.1
+	$(LOAD_VENV)/bin/python -m pip install --quiet -r loadtests/requirements.txt
+	touch $@
 
 demo: venv ## the main job: train, build the repository and serve it (DATA=synthetic by default)
 	@test -f $(CHECKPOINT)/encoder.pt || $(MAKE) --no-print-directory train
@@ -76,10 +86,17 @@ evaluate: venv ## nDCG@10 / Recall@100 / MRR@10 of $(REPO) on the dev split (add
 perf-sweep: venv ## perf_analyzer over gRPC for every model and the ensemble against the running server -> reports/perf_sweep/
 	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT)
 
+loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (HTTP + gRPC users) against the running server; fails when loadtests/slo.toml is broken
+	mkdir -p reports/loadtest
+	SHOPSEARCH_GRPC_URL=127.0.0.1:$(GRPC_PORT) $(LOAD_VENV)/bin/locust -f loadtests/locustfile.py --headless \
+		-u $(USERS) -r $(USERS) -t $(DURATION) --host http://127.0.0.1:$(HTTP_PORT) \
+		--csv reports/loadtest/locust --html reports/loadtest/locust.html --only-summary
+	$(PY) loadtests/check_slo.py reports/loadtest/locust_stats.csv
+
 data: venv ## write the dataset in the project's jsonl format to artifacts/data/$(DATA)
 	$(BIN)/shopsearch write-data $(DATA_ARGS) --out artifacts/data/$(DATA)
 
-test: venv ## run the whole test suite (unit + integration against a real tritonserver)
+test: venv $(LOAD_VENV)/.installed ## run the whole test suite (unit + integration against a real tritonserver)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv ## fast unit tests only

@@ -1,0 +1,82 @@
+"""Locust users for the `search` ensemble: Triton's HTTP/JSON protocol and gRPC (tritonclient).
+
+Queries are drawn from the committed dev-query mix; every response is validated (shape, non-empty
+product ids) and anything else is marked a failure. gRPC calls are reported through Locust's
+request event so both protocols land in the same statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+from locust import FastHttpUser, User, between, events, task
+
+QUERIES = [row["QUERY"]["content"][0] for row in json.loads(
+    (Path(__file__).parent / "perf_data" / "search_queries.json").read_text())["data"]]
+OUTPUTS = ("PRODUCT_IDS", "TITLES", "SCORES")
+MODEL = os.environ.get("SHOPSEARCH_MODEL", "search")
+
+
+def validation_error(product_ids: list, shape: list) -> str | None:
+    if shape[:1] != [1] or len(shape) != 2 or shape[1] < 1:
+        return f"unexpected PRODUCT_IDS shape {shape}"
+    if not product_ids or not all(product_ids):
+        return "empty product ids for a known-good query"
+    return None
+
+
+class SearchHttpUser(FastHttpUser):
+    wait_time = between(0.0, 0.02)
+
+    @task
+    def search(self):
+        body = {"inputs": [{"name": "QUERY", "shape": [1, 1], "datatype": "BYTES", "data": [random.choice(QUERIES)]}],
+                "outputs": [{"name": n} for n in OUTPUTS]}
+        with self.client.post(f"/v2/models/{MODEL}/infer", json=body, name="http search", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            outputs = {o["name"]: o for o in response.json().get("outputs", [])}
+            ids = outputs.get("PRODUCT_IDS", {})
+            problem = validation_error(ids.get("data", []), ids.get("shape", []))
+            if problem:
+                response.failure(problem)
+
+
+class SearchGrpcUser(User):
+    wait_time = between(0.0, 0.02)
+
+    def on_start(self):
+        import grpc.experimental.gevent as grpc_gevent
+        import tritonclient.grpc as grpcclient
+
+        grpc_gevent.init_gevent()  # let gevent switch greenlets while a call waits
+        self.grpcclient = grpcclient
+        self.client = grpcclient.InferenceServerClient(os.environ.get("SHOPSEARCH_GRPC_URL", "127.0.0.1:8001"))
+
+    def on_stop(self):
+        self.client.close()
+
+    @task
+    def search(self):
+        import numpy as np
+
+        started = time.perf_counter()
+        exception, length = None, 0
+        try:
+            query = self.grpcclient.InferInput("QUERY", [1, 1], "BYTES")
+            query.set_data_from_numpy(np.array([[random.choice(QUERIES).encode()]], dtype=object))
+            result = self.client.infer(MODEL, [query], outputs=[self.grpcclient.InferRequestedOutput(n) for n in OUTPUTS])
+            ids = result.as_numpy("PRODUCT_IDS")
+            length = ids.size
+            problem = validation_error([i for i in ids.reshape(-1).tolist() if i], list(ids.shape))
+            if problem:
+                raise ValueError(problem)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to Locust, not raised
+            exception = exc
+        events.request.fire(request_type="grpc", name="grpc search", response_time=(time.perf_counter() - started) * 1000,
+                            response_length=length, exception=exception, context={})
