@@ -35,6 +35,8 @@ def perf_analyzer_env() -> dict[str, str]:
     LIB_DIR.mkdir(parents=True, exist_ok=True)
     link = LIB_DIR / "libb64.so.0d"
     if not link.exists():
+        if link.is_symlink():
+            link.unlink()  # dangling: the venv was rebuilt or moved
         import pytriton
 
         candidates = sorted((Path(list(pytriton.__path__)[0]).parent / "nvidia_pytriton.libs").glob("libb64-*.so.0d"))
