@@ -27,10 +27,13 @@ PYTEST_ARGS ?=
 LOAD_VENV := .venv-load
 USERS ?= 16
 DURATION ?= 60s
+# Instances and dynamic batching per model, written by `make tune`; build-repo applies it when present.
+TUNING ?= tuning/$(TARGET).json
+CONCURRENCY ?= 16
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: help venv demo train build-repo bench-models serve query evaluate perf-sweep loadtest data test test-unit clean
+.PHONY: help venv demo train build-repo bench-models serve query evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,7 +70,8 @@ train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT)
 build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8, GPU_BACKEND=tensorrt|onnxruntime), parity-gate, lay out $(REPO)
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) \
-		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) --threads $(THREADS) $(DATA_ARGS)
+		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) --threads $(THREADS) $(DATA_ARGS) \
+		$(if $(wildcard $(TUNING)),--tuning $(TUNING))
 
 bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP32 / fused / fused+INT8
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
@@ -85,6 +89,12 @@ evaluate: venv ## nDCG@10 / Recall@100 / MRR@10 of $(REPO) on the dev split (add
 
 perf-sweep: venv ## perf_analyzer over gRPC for every model and the ensemble against the running server -> reports/perf_sweep/
 	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT)
+
+tune: venv ## sweep instances + dynamic batching per model of $(REPO) (own servers, perf_analyzer) -> $(TUNING), applied by build-repo
+	$(PY) loadtests/tune.py --repo $(REPO) --out $(TUNING) --concurrency $(CONCURRENCY)
+
+bench: venv ## served gRPC vs in-process, batching on vs off, compute share, HTTP vs gRPC on $(REPO) -> reports/bench/
+	$(PY) loadtests/bench_serving.py --repo $(REPO) --concurrency $(CONCURRENCY) --out reports/bench
 
 loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (HTTP + gRPC users) against the running server; fails when loadtests/slo.toml is broken
 	mkdir -p reports/loadtest

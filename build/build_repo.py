@@ -10,6 +10,7 @@ from pathlib import Path
 from shopsearch.build import BuildOptions, build_repository
 from shopsearch.errors import ShopSearchError
 from shopsearch.recipes import load_recipe
+from shopsearch.serving.tuning import Tuning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,13 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default=BuildOptions.target, help="cpu (pip tritonserver) or gpu (NVIDIA's Triton container)")
     parser.add_argument("--precision", default=BuildOptions.precision, help="cpu target embedder: fp32, fused or int8")
     parser.add_argument("--gpu-backend", default=BuildOptions.gpu_backend, help="gpu target embedder: tensorrt or onnxruntime")
+    parser.add_argument("--tuning", type=Path, help="instances and dynamic batching per model, written by `make tune`")
     args = parser.parse_args(argv)
     try:
+        tuning = Tuning.load(args.tuning) if args.tuning else None
+        if tuning:
+            print(f"tuning from {args.tuning}: " + "; ".join(f"{m} {s.label()}" for m, s in sorted(tuning.models.items())), flush=True)
         dataset = load_recipe(args.recipe).dataset(args.data, args.data_dir)
         report = build_repository(args.checkpoint, dataset, args.out, args.work / dataset.name,
                                   BuildOptions(target=args.target, precision=args.precision, gpu_backend=args.gpu_backend,
                                                top_k=args.top_k, intra_op_threads=args.threads),
-                                  log=lambda m: print(m, flush=True))
+                                  log=lambda m: print(m, flush=True), tuning=tuning)
     except ShopSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from shopsearch.serving.search_models import (
     embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
 )
 from shopsearch.serving.steps import EMBEDDER_FILE
+from shopsearch.serving.tuning import Tuning
 from shopsearch.tensorrt_build import (
     BUILD_COMMAND_FILE, ENGINE_FILE, PROFILES_FILE, TrtEmbedder, build_engine, profiles_for, require_tensorrt,
     token_length_stats, trt_runner,
@@ -85,7 +86,8 @@ def _cpu_artifacts(fp32: Path, model, precision: str, work: Path) -> tuple[list[
 
 
 def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
-                     options: BuildOptions = BuildOptions(), log=print) -> dict:
+                     options: BuildOptions = BuildOptions(), log=print, tuning: Tuning | None = None) -> dict:
+    """`tuning` (from `make tune`) sets each model's instances and dynamic batching; None keeps the defaults."""
     if options.target == "gpu" and options.gpu_backend == "tensorrt":
         require_tensorrt()  # stop before any work when the engine cannot be built here
     timings: dict[str, float] = {}
@@ -170,6 +172,8 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
                           if options.gpu_backend == "tensorrt" else {EMBEDDER_FILE: served_path})
     rank = ranker_config(emb.outputs[0], min(options.n_candidates, len(index)), embedder_id, batching)
     post = postprocess_config(rank, options.top_k, batching)
+    tuning = tuning or Tuning()
+    tok, emb, rank, post = (tuning.apply(c) for c in (tok, emb, rank, post))
     search = wire_ensemble(load_declaration("search"), {c.name: c for c in (tok, emb, rank, post)})
 
     manifest = {
@@ -183,6 +187,7 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
         "parity": parity,
         "artifact_details": {**details, **gpu_details},
         "options": asdict(options),
+        "tuning": {"models": tuning.to_json()["models"], "measured_on": tuning.measured.get("machine")},
     }
     layout_repository(
         out,

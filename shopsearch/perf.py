@@ -94,16 +94,17 @@ class SweepPoint:
     compute_us: float
 
 
-def run_perf_analyzer(model: str, grpc_url: str, input_data: Path, concurrency: list[int], csv_dir: Path,
-                      measurement_ms: int = 2000) -> list[SweepPoint]:
-    """One perf_analyzer run per concurrency level (exact levels, e.g. 1, 2, 4, 8, 16)."""
+def run_perf_analyzer(model: str, url: str, input_data: Path, concurrency: list[int], csv_dir: Path,
+                      measurement_ms: int = 2000, protocol: str = "grpc") -> list[SweepPoint]:
+    """One perf_analyzer run per concurrency level (exact levels, e.g. 1, 2, 4, 8, 16), over
+    `protocol` (grpc or http) to `url` (host:port of that protocol)."""
     csv_dir.mkdir(parents=True, exist_ok=True)
     env = perf_analyzer_env()
     points: list[SweepPoint] = []
     for level in concurrency:
-        csv_path = csv_dir / f"{model}_c{level}.csv"
+        csv_path = csv_dir / f"{model}_{protocol}_c{level}.csv"
         command = [
-            str(VENV_BIN / "perf_analyzer"), "-m", model, "-i", "grpc", "-u", grpc_url, "--input-data", str(input_data),
+            str(VENV_BIN / "perf_analyzer"), "-m", model, "-i", protocol, "-u", url, "--input-data", str(input_data),
             "--concurrency-range", f"{level}:{level}", "--measurement-interval", str(measurement_ms),
             "-f", str(csv_path), "--verbose-csv",
             # A 2-core machine running server and client is noisy: accept windows within 25% of
@@ -113,9 +114,18 @@ def run_perf_analyzer(model: str, grpc_url: str, input_data: Path, concurrency: 
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             tail = (result.stderr.strip() or result.stdout.strip())[-500:]
-            raise ShopSearchError(f"perf_analyzer failed on {model} at concurrency {level} (exit {result.returncode}): {tail}")
+            raise ShopSearchError(f"perf_analyzer failed on {model} at concurrency {level} over {protocol} (exit {result.returncode}): {tail}")
         points += parse_csv(model, csv_path)
     return points
+
+
+def measure_repository(repo: Path, input_data: Path, concurrency: int, work: Path, measurement_ms: int = 2000,
+                       model: str = "search") -> SweepPoint:
+    """Serve `repo` on a fresh tritonserver (free ports) and measure `model` over gRPC at one concurrency."""
+    from shopsearch.serving.server import TritonServer
+
+    with TritonServer(repo, log_path=work / "tritonserver.log") as server:
+        return run_perf_analyzer(model, server.grpc_url, input_data, [concurrency], work / "csv", measurement_ms)[0]
 
 
 def parse_csv(model: str, path: Path) -> list[SweepPoint]:

@@ -10,7 +10,7 @@ import numpy as np
 from shopsearch.errors import ArtifactError, ShopSearchError
 from shopsearch.results import PAD_PRODUCT_ID, Hit
 from shopsearch.serving.model_config import parameters_of, read_config
-from shopsearch.serving.steps import PRODUCT_IDS, QUERY, SCORES, STEP_TYPES, TITLES, TOPK
+from shopsearch.serving.steps import INSTANCE_COUNT, PRODUCT_IDS, QUERY, SCORES, STEP_TYPES, TITLES, TOPK
 
 
 class SearchPipeline:
@@ -27,7 +27,9 @@ class SearchPipeline:
             model_dir = repo / step.model_name
             versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
             version = step.model_version if step.model_version > 0 else versions[-1]
-            params = parameters_of(read_config(model_dir))
+            config = read_config(model_dir)
+            # The same parameters the Python backend hands the step, instance count included.
+            params = {**parameters_of(config), INSTANCE_COUNT: str(sum(g.count or 1 for g in config.instance_group) or 1)}
             steps.append(STEP_TYPES[step.model_name].from_artifacts(model_dir / str(version), params))
         return cls(steps)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from shopsearch.errors import ShopSearchError
-from shopsearch.serving.steps import STEP_TYPES
+from shopsearch.serving.steps import INSTANCE_COUNT, STEP_TYPES
 
 
 class TritonStepModel:
@@ -32,6 +32,7 @@ class TritonStepModel:
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params[INSTANCE_COUNT] = str(sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.step = STEP_TYPES[self.step_name].from_artifacts(version_dir, params)
         self.logger.log_info(f"{self.model_name}: loaded step '{self.step_name}' from {version_dir}")

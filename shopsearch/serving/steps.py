@@ -8,6 +8,7 @@ the embedder unless its artifact must run row by row (INT8); a bad request never
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +32,18 @@ TITLES = "TITLES"
 SCORES = "SCORES"
 
 EMBEDDER_FILE = "model.onnx"
+# Parameter the adapter adds from the config's instance_group: how many copies of the step run.
+INSTANCE_COUNT = "instance_count"
+
+
+def intra_op_threads(params: Mapping[str, str]) -> int:
+    """ONNX Runtime threads per embedder instance: the configured number, or with 0 the machine's
+    cores shared among the instances (two instances on two cores get one thread each)."""
+    threads = int(params.get("intra_op_threads", "0"))
+    if threads > 0:
+        return threads
+    instances = max(1, int(params.get(INSTANCE_COUNT, "1")))
+    return 0 if instances == 1 else max(1, (os.cpu_count() or 1) // instances)
 
 
 def _param(params: Mapping[str, str], model: str, key: str) -> str:
@@ -75,7 +88,7 @@ class EmbedderStep:
 
     @classmethod
     def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "EmbedderStep":
-        embedder = OnnxEmbedder(version_dir / EMBEDDER_FILE, int(params.get("intra_op_threads", "0")),
+        embedder = OnnxEmbedder(version_dir / EMBEDDER_FILE, intra_op_threads(params),
                                 row_by_row=params.get("row_by_row", "0") == "1")
         return cls(embedder, int(_param(params, cls.name, "vocab_size")), int(_param(params, cls.name, "max_length")))
 
