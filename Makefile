@@ -33,7 +33,7 @@ CONCURRENCY ?= 16
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: help venv demo train build-repo bench-models serve query evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ demo: venv ## the main job: train, build the repository and serve it (DATA=synth
 train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT)
 	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS)
 
+train-reranker: venv ## stage 2 only: re-train the hybrid re-ranker on $(CHECKPOINT)'s bi-encoder (recipe needs rerank_holdout)
+	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) --reranker-only
+
 build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8, GPU_BACKEND=tensorrt|onnxruntime), parity-gate, lay out $(REPO)
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) \
@@ -83,9 +86,11 @@ serve: venv ## start tritonserver on 127.0.0.1 with $(REPO), show example querie
 query: venv ## search the running server: make query Q="red running shoes"
 	$(BIN)/shopsearch query --url $(URL) "$(Q)"
 
-evaluate: venv ## nDCG@10 / Recall@100 / MRR@10 of $(REPO) on the dev split (add URL=... to also measure the server)
-	$(BIN)/shopsearch evaluate --repo $(REPO) $(DATA_ARGS) $(if $(filter command line,$(origin URL)),--url $(URL)) \
-		--out reports/eval_$(DATA).json
+eval: venv ## served ensemble (own server, or URL=...) vs in-process vs BM25 on the dev split -> reports/eval/$(DATA)/
+	$(BIN)/shopsearch evaluate --repo $(REPO) $(DATA_ARGS) $(if $(filter command line,$(origin URL)),--url $(URL),--serve) \
+		--out reports/eval/$(DATA)
+
+evaluate: eval ## alias of eval
 
 perf-sweep: venv ## perf_analyzer over gRPC for every model and the ensemble against the running server -> reports/perf_sweep/
 	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT)

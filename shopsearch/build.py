@@ -17,7 +17,10 @@ from shopsearch.data.schema import Dataset
 from shopsearch.embedding import OnnxEmbedder
 from shopsearch.errors import ConfigError
 from shopsearch.export import export_onnx, read_signature
+from shopsearch.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, catalog_popularity
 from shopsearch.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
+from shopsearch.rerank_training import RERANKER_DIR
+from shopsearch.reranker import RERANKER_CARD, export_reranker, load_reranker
 from shopsearch.modeling import CHECKPOINT_WEIGHTS, load_checkpoint
 from shopsearch.optimize import PARITY, PRECISIONS, ROW_BY_ROW, fuse_transformer, quantize_int8
 from shopsearch.parity import (
@@ -83,6 +86,32 @@ def _cpu_artifacts(fp32: Path, model, precision: str, work: Path) -> tuple[list[
     if precision == "int8":
         chain.append(("onnx_int8", quantize_int8(chain[-1][1], work / "model.int8.onnx")))
     return chain, details
+
+
+def _hybrid_artifacts(reranker_dir: Path, dataset: Dataset, work: Path, log) -> tuple[tuple[int, int], dict[str, Path], dict]:
+    """The re-ranker as ONNX (checked against PyTorch) and the BM25 index of the catalog; each
+    carries its own checksum, so index, lexical index and re-ranker are versioned separately."""
+    import numpy as np
+
+    model, card = load_reranker(reranker_dir)
+    onnx_path = work / "ranker" / RERANKER_ONNX
+    export = export_reranker(model, onnx_path, np.load(reranker_dir / "probe_features.npy"))
+    lexical_dir = work / "ranker" / LEXICAL_DIR
+    # Popularity counted exactly as during re-ranker training (same holdout), so served features match.
+    holdout = card.get("holdout", 0.0)
+    counted = dataset.with_holdout(holdout) if holdout else dataset
+    LexicalScorer.build(dataset.products, catalog_popularity(counted, "train")).save(lexical_dir)
+    files = {RERANKER_ONNX: onnx_path, **{f"{LEXICAL_DIR}/{p.name}": p for p in sorted(lexical_dir.iterdir())}}
+    cfg = card["config"]
+    manifest = {
+        "mode": "hybrid",
+        "reranker_sha256": file_sha256(onnx_path),
+        "reranker_export": export,
+        "reranker_card": {k: card[k] for k in ("features", "config", "training_queries", "eval_metrics") if k in card},
+        "lexical_sha256": {name: file_sha256(path) for name, path in files.items() if name.startswith(LEXICAL_DIR)},
+    }
+    log(f"hybrid ranker: BM25 top {cfg['n_lexical']} + dense top {cfg['n_dense']}, re-ranker export max abs diff {export['max_abs_diff']:.2e}")
+    return (cfg["n_dense"], cfg["n_lexical"]), files, manifest
 
 
 def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
@@ -170,7 +199,12 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
         embedder_files = ({ENGINE_FILE: served_path, BUILD_COMMAND_FILE: served_path.parent / BUILD_COMMAND_FILE,
                            PROFILES_FILE: served_path.parent / PROFILES_FILE}
                           if options.gpu_backend == "tensorrt" else {EMBEDDER_FILE: served_path})
-    rank = ranker_config(emb.outputs[0], min(options.n_candidates, len(index)), embedder_id, batching)
+    ranker_files = {INDEX_VECTORS: work / "index" / INDEX_VECTORS, INDEX_MANIFEST: work / "index" / INDEX_MANIFEST}
+    hybrid, ranker_manifest = None, {"mode": "dense"}
+    if (checkpoint / RERANKER_DIR / RERANKER_CARD).exists():
+        hybrid, files, ranker_manifest = _hybrid_artifacts(checkpoint / RERANKER_DIR, dataset, work, log)
+        ranker_files.update(files)
+    rank = ranker_config(emb.outputs[0], min(options.n_candidates, len(index)), embedder_id, batching, hybrid)
     post = postprocess_config(rank, options.top_k, batching)
     tuning = tuning or Tuning()
     tok, emb, rank, post = (tuning.apply(c) for c in (tok, emb, rank, post))
@@ -185,6 +219,7 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
         "embedder_id": embedder_id,
         "index_checksum": index.checksum(),
         "parity": parity,
+        "ranker": ranker_manifest,
         "artifact_details": {**details, **gpu_details},
         "options": asdict(options),
         "tuning": {"models": tuning.to_json()["models"], "measured_on": tuning.measured.get("machine")},
@@ -195,8 +230,8 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
             ModelVersion(tok, {TOKENIZER_FILE: checkpoint / TOKENIZER_FILE}, manifest=provenance),
             ModelVersion(emb, embedder_files, manifest={**provenance, "artifact": served_name, "embedder_id": embedder_id,
                                                         "parity": parity[served_name]}),
-            ModelVersion(rank, {INDEX_VECTORS: work / "index" / INDEX_VECTORS, INDEX_MANIFEST: work / "index" / INDEX_MANIFEST},
-                         manifest={**provenance, "embedder_id": embedder_id, "index_checksum": index.checksum()}),
+            ModelVersion(rank, ranker_files,
+                         manifest={**provenance, "embedder_id": embedder_id, "index_checksum": index.checksum(), **ranker_manifest}),
             ModelVersion(post, {CATALOG_FILE: work / "catalog" / CATALOG_FILE}, manifest=provenance),
             ModelVersion(search, manifest=provenance),
         ],

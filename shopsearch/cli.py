@@ -86,14 +86,15 @@ def cmd_query(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from shopsearch.data import load_dataset
-    from shopsearch.evaluation import evaluate_repository
+    from shopsearch.evaluation import report_markdown, write_report, evaluate_repository
 
     dataset = load_dataset(args.data, args.data_dir)
-    report = evaluate_repository(Path(args.repo), dataset, args.split, served_url=args.url, limit=args.limit)
-    print(json.dumps(report, indent=2))
+    report = evaluate_repository(Path(args.repo), dataset, args.split, served_url=args.url, limit=args.limit,
+                                 serve=args.serve and not args.url, bm25=not args.no_bm25)
+    print(report_markdown(report))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        paths = write_report(report, Path(args.out))
+        print("written: " + ", ".join(map(str, paths)))
 
 
 def cmd_write_data(args) -> None:
@@ -129,14 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("evaluate", help="nDCG@10 / Recall@100 / MRR@10 of a built repository (in-process and served)")
+    p = sub.add_parser("evaluate", help="nDCG@10 / Recall@100 / MRR@10: served ensemble, in-process pipeline and BM25")
     p.add_argument("--repo", default="model_repository")
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", default="dev")
-    p.add_argument("--url", default=None, help="also evaluate the served ensemble at this HTTP address")
+    p.add_argument("--url", default=None, help="evaluate the server at this HTTP address instead of starting one")
+    p.add_argument("--serve", action="store_true", help="start a tritonserver on free ports to evaluate the served ensemble")
+    p.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N queries only")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="directory for report.json, report.md and metrics.png")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("write-data", help="write a dataset in the project's jsonl format")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shopsearch.data import Dataset, load_dataset
 from shopsearch.errors import ConfigError
+from shopsearch.reranker import RerankerConfig
 from shopsearch.training import TrainConfig
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "training" / "recipes"
@@ -19,12 +20,19 @@ class Recipe:
     data_name: str
     data_options: dict = field(default_factory=dict)  # generator options (synthetic only)
     train: dict = field(default_factory=dict)
+    rerank: dict = field(default_factory=dict)
 
     def train_config(self, **overrides) -> TrainConfig:
         try:
             return TrainConfig(**{**self.train, **{k: v for k, v in overrides.items() if v is not None}})
         except TypeError as exc:
             raise ConfigError(str(self.path), "[train]", str(exc)) from None
+
+    def reranker_config(self) -> RerankerConfig:
+        try:
+            return RerankerConfig(**self.rerank)
+        except TypeError as exc:
+            raise ConfigError(str(self.path), "[rerank]", str(exc)) from None
 
     def dataset(self, data_name: str | None = None, data_dir: str | None = None) -> Dataset:
         """The recipe's dataset, or `data_name` from `data_dir` when given (the recipe's generator
@@ -42,4 +50,5 @@ def load_recipe(path: Path) -> Recipe:
     if "name" not in data:
         raise ConfigError(str(path), "[data].name", "is required")
     name = data.pop("name")
-    return Recipe(path=path, data_name=name, data_options=data, train=dict(raw.get("train", {})))
+    return Recipe(path=path, data_name=name, data_options=data, train=dict(raw.get("train", {})),
+                  rerank=dict(raw.get("rerank", {})))

@@ -41,6 +41,8 @@ class TrainConfig:
     threads: int = 0  # 0: all cores
     amp_bf16: bool = False  # bf16 autocast (CPU); numbers stay fp32 in the checkpoint
     eval_queries: int = 0  # 0: the whole dev split
+    # Fraction of train queries kept away from the bi-encoder for the re-ranker (split "rerank").
+    rerank_holdout: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -112,6 +114,10 @@ def evaluate_model(model: BiEncoder, encoder_q: TextEncoder, encoder_p: TextEnco
 
 def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print) -> dict:
     started = time.time()
+    fingerprint = dataset.fingerprint()  # of the data as given; the holdout is part of the config
+    if cfg.rerank_holdout:
+        dataset = dataset.with_holdout(cfg.rerank_holdout)
+        log(f"re-ranker holdout: {len(dataset.queries['rerank'])} train queries kept out of bi-encoder training")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -175,7 +181,7 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
     log(f"dev metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})} ({time.time() - eval_started:.1f}s)")
     meta = {
         "train_config": asdict(cfg),
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "stats": dataset.stats(), "source": dataset.source},
+        "dataset": {"name": dataset.name, "fingerprint": fingerprint, "stats": dataset.stats(), "source": dataset.source},
         "dev_metrics": metrics,
         "final_loss": float(np.mean(losses[-50:])),
         "code_version": git_revision(),

@@ -9,6 +9,7 @@ import pytest
 
 from shopsearch.build import BuildOptions, build_repository
 from shopsearch.recipes import RECIPE_DIR, load_recipe
+from shopsearch.rerank_training import train_reranker_stage
 from shopsearch.training import train_biencoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,8 @@ def tiny_dataset(tiny_recipe):
 def tiny_checkpoint(tiny_recipe, tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("checkpoint")
     train_biencoder(tiny_dataset, tiny_recipe.train_config(), out, log=lambda m: None)
+    # The tiny recipe keeps a share of train queries for the re-ranker: the suite serves hybrid ranking.
+    train_reranker_stage(out, tiny_dataset, tiny_recipe.reranker_config(), log=lambda m: None)
     return out
 
 

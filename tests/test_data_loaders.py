@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 
@@ -71,3 +72,57 @@ def test_homedepot_loader_reads_the_real_shared_data():
     assert sum(len(j) for j in ds.qrels["train"].values()) == 51_295
     assert sum(len(j) for j in ds.qrels["dev"].values()) == 7_193
     assert not set(ds.queries["train"].values()) & set(ds.queries["dev"].values())
+
+
+def _write_esci(directory, rows, products):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), directory / "shopping_queries_dataset_examples.parquet")
+    with open(directory / "sample-products.jsonl", "w", encoding="utf-8") as f:
+        for pid, title in products.items():
+            f.write(json.dumps({"put": f"id:commerce:product::{pid}", "fields": {"id": pid, "title": title, "brand": "Acme"}}) + "\n")
+
+
+def _esci_row(qid, query, pid, label, split="train", locale="us", small=1):
+    return {"query_id": qid, "query": query, "product_id": pid, "product_locale": locale, "esci_label": label,
+            "small_version": small, "split": split}
+
+
+def test_esci_loader_maps_labels_to_gains_and_keeps_locale_and_small_version(tmp_path):
+    rows = [_esci_row(1, "red kettle", "A", "E"), _esci_row(1, "red kettle", "B", "S"), _esci_row(1, "red kettle", "C", "I"),
+            _esci_row(2, "kettle descaler", "B", "C", split="test"), _esci_row(3, "wasserkocher", "A", "E", locale="de"),
+            _esci_row(4, "blue kettle", "A", "E", small=0), _esci_row(5, "kettle", "MISSING", "E", split="test")]
+    _write_esci(tmp_path, rows, {"A": "Red Kettle 1.7 L", "B": "Steel Kettle", "C": "Kettle Descaler"})
+    ds = load_dataset("esci", tmp_path)
+    all_qrels = {q: r for split in ds.qrels.values() for q, r in split.items()}
+    assert all_qrels["esci-1"] == {"A": 3, "B": 2, "C": 0}
+    assert ds.qrels["test"]["esci-2"] == {"B": 1}
+    assert "esci-3" not in all_qrels and "esci-4" not in all_qrels and "esci-5" not in all_qrels
+    assert ds.relevant_min_gain == 2 and ds.products[0].brand == "Acme"
+    assert "1 judgments of products not in the catalog skipped" in ds.source
+
+
+def test_esci_loader_refuses_unknown_labels_naming_the_row(tmp_path):
+    _write_esci(tmp_path, [_esci_row(1, "kettle", "A", "X")], {"A": "Kettle"})
+    with pytest.raises(DataError, match="row 1: esci_label 'X'"):
+        load_dataset("esci", tmp_path)
+
+
+def test_esci_loader_reads_the_shared_fixture():
+    ds = load_dataset("esci", shared_dataset_dir("esci_fixture"))
+    judged = [r for split in ds.qrels.values() for r in split.values()]
+    assert len(judged) == 1 and len(judged[0]) == 16 and set(judged[0].values()) <= {0, 1, 2, 3}
+    assert len(ds.products) == 16 and all(p.title for p in ds.products)
+
+
+def test_holdout_moves_a_fixed_share_of_train_queries_to_its_own_split():
+    ds = load_dataset("synthetic", n_products=400, n_queries=300, seed=3)
+    held = ds.with_holdout(0.2)
+    train, rerank = set(held.queries["train"]), set(held.queries["rerank"])
+    assert not train & rerank and train | rerank == set(ds.queries["train"])
+    assert 0.1 < len(rerank) / len(ds.queries["train"]) < 0.3
+    assert held.queries["dev"] == ds.queries["dev"] and set(held.qrels["rerank"]) == rerank
+    assert ds.with_holdout(0.2).queries["rerank"] == held.queries["rerank"]  # deterministic
+    with pytest.raises(DataError, match="holdout fraction"):
+        ds.with_holdout(1.0)

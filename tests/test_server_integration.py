@@ -167,10 +167,26 @@ def test_metrics_endpoint_counts_successes_and_failures(triton_server, http):
     assert failures and any(float(line.rsplit(" ", 1)[1]) > 0 for line in failures)
 
 
-def test_served_dev_metrics_equal_the_in_process_pipeline(built_repo, tiny_dataset, triton_server):
-    from shopsearch.evaluation import evaluate_repository
+def test_served_dev_metrics_equal_the_in_process_pipeline_next_to_bm25(built_repo, tiny_dataset, triton_server, tmp_path):
+    from shopsearch.evaluation import evaluate_repository, write_report
 
-    report = evaluate_repository(built_repo, tiny_dataset, "dev", served_url=triton_server.http_url, limit=60)
+    report = evaluate_repository(built_repo, tiny_dataset, "dev", served_url=triton_server.http_url, limit=60, bm25=True)
     for metric in ("ndcg@10", "recall@100", "mrr@10"):
         assert report["served"][metric] == pytest.approx(report["in_process"][metric], abs=1e-9)
     assert report["in_process"]["ndcg@10"] > 0.3  # a trained model, not noise
+    assert 0 < report["bm25"]["ndcg@10"] < 1 and report["bm25"]["queries"] == report["served"]["queries"]
+    comparisons = report["comparisons"]
+    assert comparisons["ndcg@10_vs_bm25"] == pytest.approx(report["served"]["ndcg@10"] / report["bm25"]["ndcg@10"], abs=1e-4)
+    assert comparisons["max_abs_served_minus_in_process"] == pytest.approx(0, abs=1e-9)
+    json_path, md_path, png_path = write_report(report, tmp_path / "eval")
+    assert "| bm25 |" in md_path.read_text() and png_path.stat().st_size > 5000
+
+
+def test_evaluating_a_repository_on_another_catalog_fails_clearly(built_repo):
+    from shopsearch.data import load_dataset
+    from shopsearch.errors import DataError
+    from shopsearch.evaluation import evaluate_repository
+
+    other = load_dataset("synthetic", n_products=300, n_queries=40, seed=7)
+    with pytest.raises(DataError, match="was built for catalog"):
+        evaluate_repository(built_repo, other, "dev", limit=5)

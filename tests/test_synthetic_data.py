@@ -73,7 +73,7 @@ def test_exact_judgments_meet_every_constraint_and_substitutes_miss_one(default_
 def test_load_dataset_rejects_unknown_names_with_the_choices():
     from shopsearch.errors import DataError
 
-    with pytest.raises(DataError, match="synthetic, homedepot, jsonl"):
+    with pytest.raises(DataError, match="synthetic, homedepot, esci, jsonl"):
         load_dataset("nope")
     with pytest.raises(DataError, match="DATA_DIR"):
         load_dataset("homedepot")

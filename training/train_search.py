@@ -1,4 +1,7 @@
-"""Train the search bi-encoder from a recipe: `python training/train_search.py --recipe ... --out ...`."""
+"""Train the search models from a recipe: `python training/train_search.py --recipe ... --out ...`.
+
+Stage 1, the bi-encoder (tokenizer + dense embedder); stage 2, when the recipe keeps a share of
+train queries for it (`rerank_holdout`), the re-ranker of hybrid (BM25 + dense) candidates."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 
 from shopsearch.errors import ShopSearchError
 from shopsearch.recipes import load_recipe
+from shopsearch.rerank_training import train_reranker_stage
 from shopsearch.training import train_biencoder
 
 
@@ -20,13 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where a real dataset lives (e.g. ../shared/data/homedepot)")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast during training")
+    parser.add_argument("--reranker-only", action="store_true", help="keep the checkpoint's bi-encoder, train stage 2 only")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe)
         dataset = recipe.dataset(args.data, args.data_dir)
         print(f"dataset {dataset.name}: {json.dumps(dataset.stats())}", flush=True)
         config = recipe.train_config(steps=args.steps, amp_bf16=args.bf16 or None)
-        train_biencoder(dataset, config, args.out, log=lambda m: print(m, flush=True))
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        if not args.reranker_only:
+            train_biencoder(dataset, config, args.out, log=log)
+        if config.rerank_holdout or args.reranker_only:
+            train_reranker_stage(args.out, dataset, recipe.reranker_config(), log=log)
     except ShopSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,21 @@ class Dataset:
                     pairs.append((queries[qid], pid))
         return pairs
 
+    def with_holdout(self, fraction: float, split: str = "rerank") -> "Dataset":
+        """A copy whose train queries lose `fraction` of themselves (chosen by a hash of the query id,
+        so the same queries on any machine) to a new `split`: data for a second-stage model (the
+        re-ranker) that the first stage (the bi-encoder) never trained on."""
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"dataset {self.name}: holdout fraction must be in (0, 1), got {fraction}")
+        train_q, train_r = self.queries.get("train", {}), self.qrels.get("train", {})
+        cut = int(fraction * 10_000)
+        held = {q for q in train_q if int(hashlib.sha1(q.encode()).hexdigest(), 16) % 10_000 < cut}
+        queries = {**self.queries, "train": {q: t for q, t in train_q.items() if q not in held},
+                   split: {q: t for q, t in train_q.items() if q in held}}
+        qrels = {**self.qrels, "train": {q: r for q, r in train_r.items() if q not in held},
+                 split: {q: r for q, r in train_r.items() if q in held}}
+        return Dataset(self.name, self.products, queries, qrels, self.relevant_min_gain, self.gain_names, self.source)
+
     def fingerprint(self) -> str:
         """A content hash: the same products and judgments give the same hash on any machine."""
         digest = hashlib.sha256()

@@ -55,6 +55,7 @@ def layout_repository(out: Path, models: list[ModelVersion], manifest: dict) -> 
         for target, source in entry.files.items():
             if not Path(source).exists():
                 raise ArtifactError(f"{name}: artifact {source} is missing")
+            (version_dir / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, version_dir / target)
         if adapter is not None:
             (version_dir / "model.py").write_text(adapter)

@@ -47,14 +47,23 @@ def embedder_config(signature: OnnxSignature, vocab_size: int, max_length: int, 
     )
 
 
-def ranker_config(query: TensorSpec, n_candidates: int, embedder_id: str, batching: DynamicBatching) -> PythonModelConfig:
+def ranker_config(query: TensorSpec, n_candidates: int, embedder_id: str, batching: DynamicBatching,
+                  hybrid: tuple[int, int] | None = None) -> PythonModelConfig:
+    """`hybrid` = (dense candidates, BM25 candidates): the ranker also reads the query text and
+    re-ranks both candidate sets with the learned model; None: dense search only."""
+    inputs: tuple[TensorSpec, ...] = (query,)
+    parameters: tuple[tuple[str, str], ...] = (("query_input", query.name), ("n_candidates", str(n_candidates)),
+                                                ("embedder_id", embedder_id))
+    if hybrid:
+        inputs += (TensorSpec(QUERY, "object", (1,)),)
+        parameters += (("mode", "hybrid"), ("n_dense", str(hybrid[0])), ("n_lexical", str(hybrid[1])))
     return PythonModelConfig(
         name="ranker",
-        inputs=(query,),
+        inputs=inputs,
         outputs=(TensorSpec(CANDIDATE_INDICES, "int64", (n_candidates,)), TensorSpec(CANDIDATE_SCORES, "float32", (n_candidates,))),
         max_batch_size=MAX_BATCH_SIZE,
         dynamic_batching=batching,
-        parameters=(("query_input", query.name), ("n_candidates", str(n_candidates)), ("embedder_id", embedder_id)),
+        parameters=parameters,
     )
 
 

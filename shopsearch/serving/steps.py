@@ -16,9 +16,10 @@ import numpy as np
 
 from shopsearch.embedding import OnnxEmbedder
 from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
+from shopsearch.hybrid import LEXICAL_DIR, RERANKER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
 from shopsearch.index import CatalogIndex
 from shopsearch.results import CatalogLookup, hits_to_arrays
-from shopsearch.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
+from shopsearch.tokenization import MAX_QUERY_CHARS, TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
 
 Arrays = dict[str, np.ndarray]
 Outcome = Arrays | ShopSearchError
@@ -119,30 +120,57 @@ class EmbedderStep:
 
 
 class RankerStep:
+    """Query vectors -> candidate catalog rows and scores. Dense mode: exact inner-product search.
+    Hybrid mode (a build with a trained re-ranker): BM25 and dense candidates, re-ranked by the
+    learned model, which also needs the query text."""
+
     name = "ranker"
 
-    def __init__(self, index: CatalogIndex, query_name: str, n_candidates: int):
-        self.index, self.query_name, self.n_candidates = index, query_name, n_candidates
+    def __init__(self, index: CatalogIndex, query_name: str, n_candidates: int, hybrid: HybridRanker | None = None):
+        self.index, self.query_name, self.n_candidates, self.hybrid = index, query_name, n_candidates, hybrid
 
     @classmethod
     def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "RankerStep":
         index = CatalogIndex.load(version_dir, expected_embedder_id=_param(params, cls.name, "embedder_id"))
-        return cls(index, _param(params, cls.name, "query_input"), int(_param(params, cls.name, "n_candidates")))
+        hybrid = None
+        if params.get("mode", "dense") == "hybrid":
+            hybrid = HybridRanker(index, LexicalScorer.load(version_dir / LEXICAL_DIR), OnnxReranker(version_dir / RERANKER_ONNX),
+                                  int(_param(params, cls.name, "n_dense")), int(_param(params, cls.name, "n_lexical")))
+        return cls(index, _param(params, cls.name, "query_input"), int(_param(params, cls.name, "n_candidates")), hybrid)
+
+    def _texts(self, arrays: Arrays, rows: int) -> list[str]:
+        if QUERY not in arrays:
+            raise InvalidInputError(self.name, QUERY, "hybrid ranking needs the query text")
+        raw = arrays[QUERY].reshape(-1)
+        if raw.size != rows:
+            raise InvalidInputError(self.name, QUERY, f"{raw.size} queries for {rows} query vectors")
+        return [(q.decode("utf-8", errors="replace") if isinstance(q, bytes) else str(q))[:MAX_QUERY_CHARS] for q in raw]
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
         queries = [r[self.query_name].astype(np.float32) for r in requests]
-        bad = [i for i, q in enumerate(queries) if q.ndim != 2 or q.shape[1] != self.index.dim]
         outcomes: list[Outcome | None] = [None] * len(requests)
-        for i in bad:
-            outcomes[i] = InvalidInputError(self.name, self.query_name, f"expected [batch, {self.index.dim}], got {list(queries[i].shape)}")
-        good = [i for i in range(len(requests)) if i not in bad]
-        if good:
-            indices, scores = self.index.search(np.concatenate([queries[i] for i in good]), self.n_candidates)
-            start = 0
-            for i in good:
-                n = queries[i].shape[0]
-                outcomes[i] = {CANDIDATE_INDICES: indices[start : start + n], CANDIDATE_SCORES: scores[start : start + n]}
-                start += n
+        texts: dict[int, list[str]] = {}
+        for i, q in enumerate(queries):
+            try:
+                if q.ndim != 2 or q.shape[1] != self.index.dim:
+                    raise InvalidInputError(self.name, self.query_name, f"expected [batch, {self.index.dim}], got {list(q.shape)}")
+                if self.hybrid is not None:
+                    texts[i] = self._texts(requests[i], q.shape[0])
+            except ShopSearchError as exc:
+                outcomes[i] = exc
+        good = [i for i in range(len(requests)) if outcomes[i] is None]
+        if not good:
+            return outcomes  # type: ignore[return-value]
+        vectors = np.concatenate([queries[i] for i in good])
+        if self.hybrid is not None:
+            indices, scores = self.hybrid.rank([t for i in good for t in texts[i]], vectors, self.n_candidates)
+        else:
+            indices, scores = self.index.search(vectors, self.n_candidates)
+        start = 0
+        for i in good:
+            n = queries[i].shape[0]
+            outcomes[i] = {CANDIDATE_INDICES: indices[start : start + n], CANDIDATE_SCORES: scores[start : start + n]}
+            start += n
         return outcomes  # type: ignore[return-value]
 
 

@@ -1,0 +1,117 @@
+"""Hybrid retrieval (BM25 + dense candidates), the learned re-ranker and its ONNX export, in-process."""
+
+import numpy as np
+import pytest
+
+from shopsearch.data.schema import Product
+from shopsearch.errors import ExportParityError, InvalidInputError
+from shopsearch.hybrid import FEATURE_NAMES, HybridRanker, LexicalScorer, OnnxReranker
+from shopsearch.index import CatalogIndex
+from shopsearch.reranker import CandidateList, RerankerConfig, export_reranker, torch_scorer, train_reranker
+from shopsearch.serving.steps import QUERY, RankerStep
+
+PRODUCTS = [Product("p0", "Angle Bracket Steel"), Product("p1", "Deck Paint Premium"), Product("p2", "Cordless Drill 20V"),
+            Product("p3", "Angle Grinder"), Product("p4", "Steel Shelf Bracket")]
+
+
+def _dense(dim=8, seed=0):
+    vectors = np.random.default_rng(seed).standard_normal((len(PRODUCTS), dim)).astype(np.float32)
+    return CatalogIndex(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), "test")
+
+
+def test_lexical_scores_sum_terms_and_report_coverage(tmp_path):
+    lexical = LexicalScorer.build(PRODUCTS)
+    bm25, coverage, n_terms = lexical.score("steel angle brackets")
+    assert n_terms == 3 and coverage[0] == pytest.approx(1.0) and coverage[4] == pytest.approx(2 / 3)
+    assert bm25[0] > bm25[4] > 0 and bm25[1] == 0 and coverage[1] == 0
+    lexical.save(tmp_path / "lexical")
+    again = LexicalScorer.load(tmp_path / "lexical").score("steel angle brackets")
+    np.testing.assert_allclose(again[0], bm25)
+
+
+def test_candidates_are_the_union_of_dense_and_lexical_tops_with_finite_features():
+    dense = _dense()
+    hybrid = HybridRanker(dense, LexicalScorer.build(PRODUCTS), None, n_dense=2, n_lexical=2)
+    query = dense.vectors[2]  # closest to the drill product
+    rows, features = hybrid.candidates("angle grinder", query)
+    assert 2 in rows and 3 in rows  # the dense best and the lexical best
+    assert features.shape == (rows.size, len(FEATURE_NAMES)) and np.isfinite(features).all()
+    assert features[list(rows).index(2), FEATURE_NAMES.index("dense_rank_recip")] == 1.0
+    assert features[list(rows).index(3), FEATURE_NAMES.index("bm25_norm")] == pytest.approx(1.0)
+
+
+def test_a_query_with_no_known_term_still_gets_dense_candidates():
+    dense = _dense()
+    hybrid = HybridRanker(dense, LexicalScorer.build(PRODUCTS), lambda f: f[:, 0], n_dense=3, n_lexical=3)
+    indices, scores = hybrid.rank(["zzzz qqqq"], dense.vectors[:1], k=5)
+    assert list(indices[0][:3]) == list(np.argsort(-(dense.vectors @ dense.vectors[0]))[:3])
+    assert list(indices[0][3:]) == [-1, -1] and np.isneginf(scores[0][3:]).all()
+
+
+def _signal_lists(n_lists=60, seed=0):
+    rng = np.random.default_rng(seed)
+    lists = []
+    for _ in range(n_lists):
+        features = rng.standard_normal((30, len(FEATURE_NAMES))).astype(np.float32)
+        gains = np.clip(np.round(features[:, 3] * 1.5), 0, 3).astype(np.float32)  # relevance follows feature 3
+        lists.append(CandidateList(features, gains))
+    return lists
+
+
+def test_reranker_learns_the_signal_in_its_features_and_exports_to_matching_onnx(tmp_path):
+    lists = _signal_lists()
+    model = train_reranker(lists, RerankerConfig(epochs=40), log=lambda m: None)
+    held_out = _signal_lists(n_lists=10, seed=1)
+    scores = torch_scorer(model)(held_out[0].features)
+    assert np.corrcoef(scores, held_out[0].features[:, 3])[0, 1] > 0.8
+    probe = np.concatenate([c.features for c in held_out])
+    report = export_reranker(model, tmp_path / "reranker.onnx", probe)
+    assert report["max_abs_diff"] < 1e-4
+    np.testing.assert_allclose(OnnxReranker(tmp_path / "reranker.onnx")(probe), torch_scorer(model)(probe), atol=1e-4)
+
+
+def test_reranker_export_fails_the_build_when_onnx_drifts(tmp_path, monkeypatch):
+    model = train_reranker(_signal_lists(n_lists=5), RerankerConfig(epochs=1), log=lambda m: None)
+    monkeypatch.setattr(OnnxReranker, "__call__", lambda self, f: np.zeros(len(f), np.float32) + 5.0)
+    with pytest.raises(ExportParityError, match="reranker.onnx drifted"):
+        export_reranker(model, tmp_path / "reranker.onnx", _signal_lists(n_lists=2)[0].features)
+
+
+def test_hybrid_ranker_step_refuses_missing_or_mismatched_query_text():
+    dense = _dense()
+    hybrid = HybridRanker(dense, LexicalScorer.build(PRODUCTS), lambda f: f[:, 0], n_dense=3, n_lexical=3)
+    step = RankerStep(dense, "embedding", 4, hybrid)
+    vectors = dense.vectors[:2]
+    good = {"embedding": vectors, QUERY: np.array([[b"angle"], [b"paint"]], dtype=object)}
+    outcomes = step.run([{"embedding": vectors}, {"embedding": vectors, QUERY: np.array([[b"one"]], dtype=object)}, good])
+    assert isinstance(outcomes[0], InvalidInputError) and "needs the query text" in str(outcomes[0])
+    assert isinstance(outcomes[1], InvalidInputError) and "1 queries for 2 query vectors" in str(outcomes[1])
+    assert outcomes[2]["CANDIDATE_INDICES"].shape == (2, 4)
+
+
+def test_trigram_coverage_matches_misspelled_and_run_together_queries():
+    lexical = LexicalScorer.build(PRODUCTS)
+    coverage = lexical.trigram_coverage("deckpaint premiun", np.arange(len(PRODUCTS)))
+    assert coverage.argmax() == 1 and coverage[1] > 0.6 and coverage[2] < 0.3
+    assert lexical.trigram_coverage("ab", np.arange(2)).tolist() == [0.0, 0.0]  # too short for a trigram
+
+
+def test_dense_ranker_step_needs_no_query_text_and_matches_exact_search():
+    dense = _dense()
+    out = RankerStep(dense, "embedding", 3).run([{"embedding": dense.vectors[:2]}])[0]
+    indices, scores = dense.search(dense.vectors[:2], 3)
+    np.testing.assert_array_equal(out["CANDIDATE_INDICES"], indices)
+    np.testing.assert_array_equal(out["CANDIDATE_SCORES"], scores)
+
+
+def test_popularity_comes_from_the_catalog_or_from_train_judgment_counts():
+    from shopsearch.data.schema import Dataset
+    from shopsearch.hybrid import catalog_popularity
+
+    products = [Product("a", "A"), Product("b", "B"), Product("c", "C")]
+    qrels = {"train": {"q1": {"a": 3, "b": 0}, "q2": {"a": 1}}, "dev": {"q3": {"c": 3}}}
+    queries = {"train": {"q1": "x", "q2": "y"}, "dev": {"q3": "z"}}
+    counted = Dataset("t", products, queries, qrels, relevant_min_gain=2)
+    assert catalog_popularity(counted).tolist() == [2.0, 1.0, 0.0]  # dev judgments never count
+    own = Dataset("t", [Product("a", "A", popularity=5.0), Product("b", "B", popularity=0.5)], {}, {}, relevant_min_gain=2)
+    assert catalog_popularity(own).tolist() == [5.0, 0.5]
