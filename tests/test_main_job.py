@@ -24,6 +24,7 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
     checkpoint, repo = tmp_path / "ck", tmp_path / "repo"
     out = run("training/train_search.py", "--recipe", "training/recipes/tiny.toml", "--out", str(checkpoint), "--steps", "40")
     assert "dev metrics" in out and (checkpoint / "checkpoint.json").exists()
+    assert "re-ranker dev [hybrid]" in out and (checkpoint / "reranker" / "reranker.json").exists()  # stage 2
     out = run("build/build_repo.py", "--checkpoint", str(checkpoint), "--recipe", "training/recipes/tiny.toml",
               "--out", str(repo), "--work", str(tmp_path / "work"))
     manifest = json.loads((repo / "build_manifest.json").read_text())
@@ -33,6 +34,7 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
         version = json.loads((repo / model / "1" / "manifest.json").read_text())
         assert version["checkpoint_sha256"] == manifest["checkpoint_sha256"] and version["code_version"]
     assert manifest["catalog"]["products"] == 2000
+    assert manifest["ranker"]["mode"] == "hybrid" and manifest["ranker"]["reranker_export"]["max_abs_diff"] < 1e-4
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["embedder", "postprocess", "ranker", "search", "tokenizer"]
     ports = [str(free_port()) for _ in range(3)]
     out = run("-m", "shopsearch.cli", "serve", "--repo", str(repo), "--http-port", ports[0], "--grpc-port", ports[1],
@@ -53,5 +55,5 @@ def test_build_fails_with_a_clear_message_when_the_checkpoint_is_missing(tmp_pat
 
 def test_make_help_lists_every_target():
     result = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    for target in ("demo", "train", "build-repo", "serve", "query", "test", "evaluate"):
+    for target in ("demo", "train", "train-reranker", "build-repo", "serve", "query", "eval", "tune", "bench", "test"):
         assert f"  {target}" in result.stdout
