@@ -27,6 +27,7 @@ class EncoderConfig:
     max_query_length: int = 32  # tokens, [CLS] and [SEP] included
     max_product_length: int = 48
     max_positions: int = 64  # position embeddings; the longest sequence the exported graph accepts
+    dropout: float = 0.1  # hidden and attention dropout while training
 
     def __post_init__(self) -> None:
         if self.max_positions < max(self.max_query_length, self.max_product_length):
@@ -40,6 +41,8 @@ class EncoderConfig:
             num_attention_heads=self.num_heads,
             intermediate_size=self.intermediate_size,
             max_position_embeddings=self.max_positions,
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.dropout,
             pad_token_id=0,
             # Eager attention exports to the op pattern ONNX Runtime's transformer optimizer fuses
             # into one Attention node; SDPA's export is left unfused (1.6x slower after INT8).

@@ -1,12 +1,14 @@
 """Train the search models from a recipe: `python training/train_search.py --recipe ... --out ...`.
 
-Stage 1, the bi-encoder (tokenizer + dense embedder); stage 2, when the recipe keeps a share of
+Stage 1, the bi-encoder (tokenizer + dense embedder; data-parallel under
+`torchrun --nproc_per_node N training/train_search.py ...`); stage 2, when the recipe keeps a share of
 train queries for it (`rerank_holdout`), the re-ranker of hybrid (BM25 + dense) candidates."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where a real dataset lives (e.g. ../shared/data/homedepot)")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast during training")
+    parser.add_argument("--tokenizer", type=Path, help="reuse this tokenizer.json instead of training one")
     parser.add_argument("--reranker-only", action="store_true", help="keep the checkpoint's bi-encoder, train stage 2 only")
     args = parser.parse_args(argv)
     try:
@@ -33,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         config = recipe.train_config(steps=args.steps, amp_bf16=args.bf16 or None)
         log = lambda m: print(m, flush=True)  # noqa: E731
         if not args.reranker_only:
-            train_biencoder(dataset, config, args.out, log=log)
+            train_biencoder(dataset, config, args.out, log=log, tokenizer_file=args.tokenizer)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0  # data-parallel ranks > 0: rank 0 wrote the checkpoint and runs stage 2
         if config.rerank_holdout or args.reranker_only:
             train_reranker_stage(args.out, dataset, recipe.reranker_config(), log=log)
     except ShopSearchError as exc:
