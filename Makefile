@@ -104,7 +104,7 @@ bench: venv ## served gRPC vs in-process, batching on vs off, compute share, HTT
 loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (HTTP + gRPC users) against the running server; fails when loadtests/slo.toml is broken
 	mkdir -p reports/loadtest
 	SHOPSEARCH_GRPC_URL=127.0.0.1:$(GRPC_PORT) $(LOAD_VENV)/bin/locust -f loadtests/locustfile.py --headless \
-		-u $(USERS) -r $(USERS) -t $(DURATION) --host http://127.0.0.1:$(HTTP_PORT) \
+		-u $(USERS) -r $(USERS) -t $(DURATION) --stop-timeout 10 --host http://127.0.0.1:$(HTTP_PORT) \
 		--csv reports/loadtest/locust --html reports/loadtest/locust.html --only-summary
 	$(PY) loadtests/check_slo.py reports/loadtest/locust_stats.csv
 

@@ -10,15 +10,23 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
+import grpc.experimental.gevent as grpc_gevent
 from locust import FastHttpUser, User, between, events, task
+
+# Once, before any gRPC channel exists (gRPC's requirement): lets gevent switch greenlets while a
+# call waits. Run with --stop-timeout (the Makefile does): killing a greenlet in the middle of a
+# gRPC call, which Locust does at the time limit without it, can leave the process hanging.
+grpc_gevent.init_gevent()
 
 QUERIES = [row["QUERY"]["content"][0] for row in json.loads(
     (Path(__file__).parent / "perf_data" / "search_queries.json").read_text())["data"]]
 OUTPUTS = ("PRODUCT_IDS", "TITLES", "SCORES")
 MODEL = os.environ.get("SHOPSEARCH_MODEL", "search")
+CALL_TIMEOUT_S = 10.0  # a stuck call fails (and is counted) instead of holding its user forever
 
 
 def validation_error(product_ids: list, shape: list) -> str | None:
@@ -27,6 +35,16 @@ def validation_error(product_ids: list, shape: list) -> str | None:
     if not product_ids or not all(product_ids):
         return "empty product ids for a known-good query"
     return None
+
+
+@events.quit.add_listener
+def _exit_past_grpc_threads(exit_code, **_):
+    """Locust has written its reports and computed its exit code when `quit` fires; gRPC's
+    background threads under gevent can still keep the interpreter from exiting (a run hung now
+    and then after its time limit), so leave at once with that exit code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 class SearchHttpUser(FastHttpUser):
@@ -51,10 +69,8 @@ class SearchGrpcUser(User):
     wait_time = between(0.0, 0.02)
 
     def on_start(self):
-        import grpc.experimental.gevent as grpc_gevent
         import tritonclient.grpc as grpcclient
 
-        grpc_gevent.init_gevent()  # let gevent switch greenlets while a call waits
         self.grpcclient = grpcclient
         self.client = grpcclient.InferenceServerClient(os.environ.get("SHOPSEARCH_GRPC_URL", "127.0.0.1:8001"))
 
@@ -70,7 +86,8 @@ class SearchGrpcUser(User):
         try:
             query = self.grpcclient.InferInput("QUERY", [1, 1], "BYTES")
             query.set_data_from_numpy(np.array([[random.choice(QUERIES).encode()]], dtype=object))
-            result = self.client.infer(MODEL, [query], outputs=[self.grpcclient.InferRequestedOutput(n) for n in OUTPUTS])
+            result = self.client.infer(MODEL, [query], outputs=[self.grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
+                                     client_timeout=CALL_TIMEOUT_S)
             ids = result.as_numpy("PRODUCT_IDS")
             length = ids.size
             problem = validation_error([i for i in ids.reshape(-1).tolist() if i], list(ids.shape))

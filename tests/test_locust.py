@@ -22,7 +22,7 @@ def run_check(stats: Path, slo: Path) -> subprocess.CompletedProcess:
 def test_short_locust_run_over_http_and_grpc_meets_the_slo(triton_server, tmp_path):
     prefix = tmp_path / "locust"
     result = subprocess.run(
-        [str(LOCUST), "-f", "loadtests/locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "6s",
+        [str(LOCUST), "-f", "loadtests/locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "6s", "--stop-timeout", "5",
          "--host", f"http://{triton_server.http_url}", "--csv", str(prefix), "--only-summary"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "SHOPSEARCH_GRPC_URL": triton_server.grpc_url},
@@ -43,7 +43,7 @@ def test_short_locust_run_over_http_and_grpc_meets_the_slo(triton_server, tmp_pa
 def test_locust_marks_failures_for_a_broken_model(triton_server, tmp_path):
     prefix = tmp_path / "locust"
     subprocess.run(
-        [str(LOCUST), "-f", "loadtests/locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "3s",
+        [str(LOCUST), "-f", "loadtests/locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "5",
          "--host", f"http://{triton_server.http_url}", "--csv", str(prefix), "--only-summary"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "SHOPSEARCH_GRPC_URL": triton_server.grpc_url, "SHOPSEARCH_MODEL": "no_such_model"},
