@@ -33,7 +33,7 @@ CONCURRENCY ?= 16
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,12 @@ bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP
 
 serve: venv ## start tritonserver on 127.0.0.1 with $(REPO), show example queries, wait for Ctrl-C
 	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+deploy: venv ## publish $(CHECKPOINT) over DATA's catalog as the next generation of the running `make serve`, under traffic
+	$(BIN)/shopsearch deploy --repo $(REPO) --url $(URL) --checkpoint $(CHECKPOINT) $(DATA_ARGS)
+
+rollback: venv ## serve the previous generation again (still loaded, one ensemble reload)
+	$(BIN)/shopsearch rollback --repo $(REPO) --url $(URL)
 
 query: venv ## search the running server: make query Q="red running shoes"
 	$(BIN)/shopsearch query --url $(URL) "$(Q)"

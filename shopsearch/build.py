@@ -56,6 +56,10 @@ class BuildOptions:
     top_k: int = 10
     intra_op_threads: int = 0
     max_queue_delay_us: int = 1000
+    # Overload: each model queues at most this many requests and none longer than this; beyond,
+    # Triton refuses at once (UNAVAILABLE) so clients fail fast and retry elsewhere.
+    max_queue_size: int = 64
+    queue_timeout_us: int = 2_000_000
     parity_queries: int = 0  # dev queries for retrieval parity; 0: the whole split
 
     def __post_init__(self) -> None:
@@ -186,14 +190,15 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
         "catalog_fingerprint": dataset.fingerprint(),
     }
     pad = GPU_PAD_MULTIPLE if options.target == "gpu" else 0
-    batching = DynamicBatching(max_queue_delay_us=options.max_queue_delay_us)
-    tok = tokenizer_config(signature, cfg.max_query_length, batching, pad_multiple=pad)
+    batching = DynamicBatching(max_queue_delay_us=options.max_queue_delay_us, max_queue_size=options.max_queue_size,
+                               queue_timeout_us=options.queue_timeout_us)
     if options.target == "cpu":
         emb = embedder_config(signature, cfg.vocab_size, cfg.max_positions, options.intra_op_threads, batching,
                               row_by_row=served_name in ROW_BY_ROW)
         embedder_files = {EMBEDDER_FILE: served_path}
     else:
-        gpu_batching = DynamicBatching(preferred_batch_sizes=(8, 32), max_queue_delay_us=options.max_queue_delay_us)
+        gpu_batching = DynamicBatching(preferred_batch_sizes=(8, 32), max_queue_delay_us=options.max_queue_delay_us,
+                                       max_queue_size=options.max_queue_size, queue_timeout_us=options.queue_timeout_us)
         profiles = ("0", "1") if options.gpu_backend == "tensorrt" else ("0",)
         emb = embedder_gpu_config(signature, options.gpu_backend, gpu_batching, profiles)
         embedder_files = ({ENGINE_FILE: served_path, BUILD_COMMAND_FILE: served_path.parent / BUILD_COMMAND_FILE,
@@ -204,6 +209,7 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
     if (checkpoint / RERANKER_DIR / RERANKER_CARD).exists():
         hybrid, files, ranker_manifest = _hybrid_artifacts(checkpoint / RERANKER_DIR, dataset, work, log)
         ranker_files.update(files)
+    tok = tokenizer_config(signature, cfg.max_query_length, batching, pad_multiple=pad, emit_text=hybrid is not None)
     rank = ranker_config(emb.outputs[0], min(options.n_candidates, len(index)), embedder_id, batching, hybrid)
     post = postprocess_config(rank, options.top_k, batching)
     tuning = tuning or Tuning()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from shopsearch.errors import ShopSearchError
 
+ADMIN_KEY_FILE = "artifacts/admin.key"
 DEMO_QUERIES = {
     "synthetic": ("red running shoes", "stainless steel frying pan 12 inch", "queen linen duvet cover",
                   "cordless drill 20v", "wireless earbuds noise cancelling", "couch grey velvet"),
@@ -40,10 +41,14 @@ def cmd_serve(args) -> None:
     from shopsearch.serving.client import SearchClient
     from shopsearch.serving.server import TritonServer
 
+    from shopsearch.serving.deploy import ensure_admin_key
+
     repo = Path(args.repo)
     log_path = Path(args.log) if args.log else None
+    # Explicit model control (for `make deploy` / `make rollback`) only behind the admin key.
+    admin_key = None if args.no_model_control else ensure_admin_key(Path(args.admin_key_file))
     server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                          log_path=log_path)
+                          log_path=log_path, admin_key=admin_key)
     print(f"starting tritonserver on 127.0.0.1 with {repo} ...", flush=True)
     server.start(timeout=args.timeout)
     stop = threading.Event()
@@ -97,6 +102,47 @@ def cmd_evaluate(args) -> None:
         print("written: " + ", ".join(map(str, paths)))
 
 
+def cmd_deploy(args) -> None:
+    import tempfile
+
+    from shopsearch.serving.deploy import ModelControl, publish, read_admin_key
+
+    repo = Path(args.repo)
+    control = ModelControl(args.url, read_admin_key(Path(args.admin_key_file)))
+    if args.staged:
+        staged = Path(args.staged)
+    else:
+        from shopsearch.build import BuildOptions, build_repository
+        from shopsearch.data import load_dataset
+        from shopsearch.serving.tuning import current_tuning
+
+        # The new generation is built exactly as the served one was (target, precision, tuning).
+        manifest = json.loads((repo / "build_manifest.json").read_text())
+        known = BuildOptions.__dataclass_fields__
+        options = BuildOptions(**{k: v for k, v in manifest.get("options", {}).items() if k in known})
+        Path(args.staging_dir).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="staged_", dir=args.staging_dir))
+        staged = staging / "model_repository"
+        build_repository(Path(args.checkpoint), load_dataset(args.data, args.data_dir), staged, staging / "work",
+                         options, tuning=current_tuning(repo))
+    generation = publish(repo, staged, control)
+    control.close()
+    if not args.staged:
+        import shutil
+
+        shutil.rmtree(staged.parent)  # published: the repository holds its own copy
+    print(f"deployed: {repo} serves generation {generation} (previous still loaded: `make rollback` switches back)")
+
+
+def cmd_rollback(args) -> None:
+    from shopsearch.serving.deploy import ModelControl, read_admin_key, rollback
+
+    control = ModelControl(args.url, read_admin_key(Path(args.admin_key_file)))
+    generation = rollback(Path(args.repo), control, to=args.to)
+    control.close()
+    print(f"rolled back: {args.repo} serves generation {generation}")
+
+
 def cmd_write_data(args) -> None:
     from shopsearch.data import load_dataset
     from shopsearch.data.schema import write_jsonl_dataset
@@ -121,7 +167,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default="artifacts/logs/tritonserver.log")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--exit-after-ready", action="store_true", help="stop after the example queries (smoke test)")
+    p.add_argument("--admin-key-file", default=ADMIN_KEY_FILE, help="key guarding model load/unload (created 0600 if absent)")
+    p.add_argument("--no-model-control", action="store_true", help="load the repository once; no deploys")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("deploy", help="publish a new generation (catalog and/or models) into the served repository, under traffic")
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--url", default="127.0.0.1:8000")
+    p.add_argument("--admin-key-file", default=ADMIN_KEY_FILE)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--staged", help="a repository already built by build-repo")
+    source.add_argument("--checkpoint", help="build the new generation from this checkpoint and --data")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--staging-dir", default="artifacts", help="where a build from --checkpoint is staged")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollback", help="serve the previous generation again (it is still loaded: one ensemble reload)")
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--url", default="127.0.0.1:8000")
+    p.add_argument("--admin-key-file", default=ADMIN_KEY_FILE)
+    p.add_argument("--to", type=int, default=None, help="a generation still on disk (default: the one before)")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("query", help="search the served ensemble")
     p.add_argument("queries", nargs="+")

@@ -54,3 +54,7 @@ class ServerError(ShopSearchError):
 
 class BackendUnavailableError(ShopSearchError):
     """An optional accelerator stack (CUDA, TensorRT) is not importable on this machine."""
+
+
+class DeployError(ShopSearchError):
+    """A generation could not be published, activated or rolled back; what was serving keeps serving."""

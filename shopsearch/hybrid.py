@@ -192,14 +192,18 @@ class HybridRanker:
         ], axis=1).astype(np.float32)
         return rows.astype(np.int64), features
 
-    def rank(self, texts: Sequence[str], query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k catalog rows and re-ranker scores per query, [n, k]; rows -1 pad short lists."""
+    def rank(self, texts: Sequence[str], query_vectors: np.ndarray, k: int,
+             pool_sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k catalog rows and re-ranker scores per query, [n, k]; rows -1 pad short lists.
+        `pool_sizes`, when given, receives how many candidates each query's re-ranker scored."""
         if self.reranker is None:
             raise ArtifactError("hybrid ranker: no re-ranker loaded")
         indices = np.full((len(texts), k), -1, dtype=np.int64)
         scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
         for i, (text, vector) in enumerate(zip(texts, query_vectors)):
             rows, features = self.candidates(text, vector)
+            if pool_sizes is not None:
+                pool_sizes.append(len(rows))
             row_scores = self.reranker(features)
             order = np.lexsort((rows, -row_scores))[:k]
             indices[i, : order.size], scores[i, : order.size] = rows[order], row_scores[order]

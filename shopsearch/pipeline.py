@@ -10,6 +10,7 @@ import numpy as np
 from shopsearch.errors import ArtifactError, ShopSearchError
 from shopsearch.results import PAD_PRODUCT_ID, Hit
 from shopsearch.serving.model_config import parameters_of, read_config
+from shopsearch.serving.repository import read_version_params
 from shopsearch.serving.steps import INSTANCE_COUNT, PRODUCT_IDS, QUERY, SCORES, STEP_TYPES, TITLES, TOPK
 
 
@@ -18,7 +19,8 @@ class SearchPipeline:
         self.steps = steps
 
     @classmethod
-    def from_repository(cls, repo: Path, ensemble: str = "search") -> "SearchPipeline":
+    def from_repository(cls, repo: Path, ensemble: str = "search", generation: int | None = None) -> "SearchPipeline":
+        """The steps the ensemble pins; `generation` picks another deployed generation's versions."""
         ensemble_config = read_config(repo / ensemble)
         steps = []
         for step in ensemble_config.ensemble_scheduling.step:
@@ -26,10 +28,11 @@ class SearchPipeline:
                 raise ArtifactError(f"{ensemble}: step '{step.model_name}' has no in-process implementation")
             model_dir = repo / step.model_name
             versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-            version = step.model_version if step.model_version > 0 else versions[-1]
+            version = generation or (step.model_version if step.model_version > 0 else versions[-1])
             config = read_config(model_dir)
             # The same parameters the Python backend hands the step, instance count included.
-            params = {**parameters_of(config), INSTANCE_COUNT: str(sum(g.count or 1 for g in config.instance_group) or 1)}
+            params = {**parameters_of(config), INSTANCE_COUNT: str(sum(g.count or 1 for g in config.instance_group) or 1),
+                      **read_version_params(model_dir / str(version))}
             steps.append(STEP_TYPES[step.model_name].from_artifacts(model_dir / str(version), params))
         return cls(steps)
 

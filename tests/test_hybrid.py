@@ -8,7 +8,7 @@ from shopsearch.errors import ExportParityError, InvalidInputError
 from shopsearch.hybrid import FEATURE_NAMES, HybridRanker, LexicalScorer, OnnxReranker
 from shopsearch.index import CatalogIndex
 from shopsearch.reranker import CandidateList, RerankerConfig, export_reranker, torch_scorer, train_reranker
-from shopsearch.serving.steps import QUERY, RankerStep
+from shopsearch.serving.steps import QUERY_TEXT, RankerStep, decode_query_text, encode_query_text
 
 PRODUCTS = [Product("p0", "Angle Bracket Steel"), Product("p1", "Deck Paint Premium"), Product("p2", "Cordless Drill 20V"),
             Product("p3", "Angle Grinder"), Product("p4", "Steel Shelf Bracket")]
@@ -82,11 +82,19 @@ def test_hybrid_ranker_step_refuses_missing_or_mismatched_query_text():
     hybrid = HybridRanker(dense, LexicalScorer.build(PRODUCTS), lambda f: f[:, 0], n_dense=3, n_lexical=3)
     step = RankerStep(dense, "embedding", 4, hybrid)
     vectors = dense.vectors[:2]
-    good = {"embedding": vectors, QUERY: np.array([[b"angle"], [b"paint"]], dtype=object)}
-    outcomes = step.run([{"embedding": vectors}, {"embedding": vectors, QUERY: np.array([[b"one"]], dtype=object)}, good])
+    good = {"embedding": vectors, QUERY_TEXT: encode_query_text(["angle", "paint"])}
+    outcomes = step.run([{"embedding": vectors}, {"embedding": vectors, QUERY_TEXT: encode_query_text(["one"])}, good])
     assert isinstance(outcomes[0], InvalidInputError) and "needs the query text" in str(outcomes[0])
-    assert isinstance(outcomes[1], InvalidInputError) and "1 queries for 2 query vectors" in str(outcomes[1])
+    assert isinstance(outcomes[1], InvalidInputError) and "expected [2, 512] for 2 query vectors" in str(outcomes[1])
     assert outcomes[2]["CANDIDATE_INDICES"].shape == (2, 4)
+
+
+def test_query_text_survives_the_fixed_size_uint8_tensor():
+    texts = ["deck paint", "caf\u00e9 cr\u00e8me \u4e2d\u6587", "nul\x00byte", "x" * 600, "\u00e9" * 300]
+    back = decode_query_text(encode_query_text(texts))
+    assert back[:3] == ["deck paint", "caf\u00e9 cr\u00e8me \u4e2d\u6587", "nul byte"]
+    # Cut to 512 bytes on a character boundary: never a broken character.
+    assert back[3] == "x" * 512 and back[4] == "\u00e9" * 256
 
 
 def test_trigram_coverage_matches_misspelled_and_run_together_queries():

@@ -49,15 +49,17 @@ def all_configs():
         configs[f"gpu_{backend}/embedder"] = gpu["embedder"]
         configs[f"gpu_{backend}/search"] = wire_ensemble(load_declaration("search"), gpu)
     configs["gpu_tensorrt/tokenizer"] = gpu_models("tensorrt")["tokenizer"]
-    hybrid = dict(models, ranker=ranker_config(models["embedder"].outputs[0], 100, "0123456789abcdef", BATCHING, (100, 100)))
+    hybrid = dict(models, ranker=ranker_config(models["embedder"].outputs[0], 100, "0123456789abcdef", BATCHING, (100, 100)),
+                  tokenizer=tokenizer_config(SIGNATURE, 32, BATCHING, emit_text=True))
     configs["hybrid/ranker"] = hybrid["ranker"]
+    configs["hybrid/tokenizer"] = hybrid["tokenizer"]
     configs["hybrid/search"] = wire_ensemble(load_declaration("search"), hybrid)
     return configs
 
 
 GOLDEN_NAMES = ["tokenizer", "embedder", "ranker", "postprocess", "search", "gpu_tensorrt/embedder",
                 "gpu_tensorrt/tokenizer", "gpu_tensorrt/search", "gpu_onnxruntime/embedder", "gpu_onnxruntime/search",
-                "hybrid/ranker", "hybrid/search"]
+                "hybrid/ranker", "hybrid/tokenizer", "hybrid/search"]
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)

@@ -1,5 +1,7 @@
 """The served models' logic, in-process against the built tiny repository (no server)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -75,8 +77,10 @@ def test_served_repository_refuses_an_index_from_another_embedder(built_repo, tm
 
     copy = tmp_path / "repo"
     shutil.copytree(built_repo, copy)
-    config = (copy / "ranker" / "config.pbtxt").read_text()
-    params = parameters_of(read_config(copy / "ranker"))
-    (copy / "ranker" / "config.pbtxt").write_text(config.replace(params["embedder_id"], "0000000000000000"))
+    # The embedder a ranker version expects travels in that version's params.json.
+    params_file = copy / "ranker" / "1" / "params.json"
+    params = json.loads(params_file.read_text())
+    assert params["embedder_id"] == parameters_of(read_config(copy / "ranker"))["embedder_id"]
+    params_file.write_text(json.dumps({**params, "embedder_id": "0000000000000000"}))
     with pytest.raises(ArtifactError, match="rebuild the index"):
         SearchPipeline.from_repository(copy)

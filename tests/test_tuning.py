@@ -55,7 +55,8 @@ def test_build_applies_the_tuning_file_and_records_it(built_repo, tiny_checkpoin
     build_repository(tiny_checkpoint, tiny_dataset, repo, tmp_path / "work", BuildOptions(precision="fp32", intra_op_threads=1),
                      log=lambda m: None, tuning=TUNED)
     assert current_tuning(repo).settings("embedder") == ModelSettings(2, 4000, (4, 8))
-    assert current_tuning(repo).settings("tokenizer") == ModelSettings()  # the build's default
+    # The tokenizer keeps its build default: one request per execution (malformed bytes fail alone).
+    assert current_tuning(repo).settings("tokenizer") == ModelSettings(1, 0, (1,))
     manifest = json.loads((repo / "build_manifest.json").read_text())
     assert manifest["tuning"]["models"]["embedder"]["instance_count"] == 2
     assert manifest["tuning"]["measured_on"] == {"cpus": 2}
@@ -117,3 +118,13 @@ def test_tune_keeps_a_trial_only_when_clearly_faster_without_worse_p99(built_rep
     assert tuning.models["ranker"] == ModelSettings(1, 4000)
     assert tuning.measured["best"]["throughput"] == 130.0 and tuning.measured["as_built"]["throughput"] == 100.0
     assert [t["kept"] for t in tuning.measured["trials"]] == [True, False, False, True, False]
+
+
+def test_tuning_never_batches_the_tokenizer_across_requests(built_repo):
+    from shopsearch.serving.search_models import ISOLATED_BATCH_SIZES
+
+    built = current_tuning(built_repo).settings("tokenizer")
+    assert built.preferred_batch_sizes == ISOLATED_BATCH_SIZES and built.max_queue_delay_us == 0
+    tuned = Tuning({"tokenizer": ModelSettings(2, 4000, (4, 8))})
+    variant = variant_repository(built_repo, built_repo.parent / "tokenizer_variant", tuned)
+    assert current_tuning(variant).settings("tokenizer") == ModelSettings(2, 0, ISOLATED_BATCH_SIZES)

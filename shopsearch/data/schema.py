@@ -97,6 +97,14 @@ class Dataset:
                  split: {q: r for q, r in train_r.items() if q in held}}
         return Dataset(self.name, self.products, queries, qrels, self.relevant_min_gain, self.gain_names, self.source)
 
+    def with_catalog(self, products: list[Product]) -> "Dataset":
+        """The same queries over a changed catalog (the daily catalog update a deploy publishes):
+        judgments of products no longer sold are dropped, queries left with none are kept."""
+        known = {p.product_id for p in products}
+        qrels = {split: {q: {p: g for p, g in judged.items() if p in known} for q, judged in by_query.items()}
+                 for split, by_query in self.qrels.items()}
+        return Dataset(self.name, list(products), self.queries, qrels, self.relevant_min_gain, self.gain_names, self.source)
+
     def fingerprint(self) -> str:
         """A content hash: the same products and judgments give the same hash on any machine."""
         digest = hashlib.sha256()

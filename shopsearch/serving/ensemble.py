@@ -41,7 +41,9 @@ def load_declaration(name: str, directory: Path = ENSEMBLE_CONFIG_DIR) -> Ensemb
         raise ConfigError(name, str(exc.args[0]), f"missing in {path}") from None
 
 
-def wire_ensemble(declaration: EnsembleDeclaration, models: dict[str, ModelConfigType]) -> EnsembleConfig:
+def wire_ensemble(declaration: EnsembleDeclaration, models: dict[str, ModelConfigType], version: int = 1) -> EnsembleConfig:
+    """`version`: the composing models' version every step pins. Pinning (not "latest") is what keeps a
+    request on one generation's tokenizer, embedder and index while a deploy loads the next."""
     name = declaration.name
     producers: dict[str, TensorSpec] = {}
     exposed_inputs: dict[str, TensorSpec] = {}
@@ -70,7 +72,7 @@ def wire_ensemble(declaration: EnsembleDeclaration, models: dict[str, ModelConfi
         for spec in model.outputs:
             producers[spec.name] = spec
             output_map.append((spec.name, spec.name))
-        steps.append(EnsembleStep(model_name, tuple(input_map), tuple(output_map)))
+        steps.append(EnsembleStep(model_name, tuple(input_map), tuple(output_map), model_version=version))
     missing_in = [n for n in declaration.inputs if n not in exposed_inputs]
     if missing_in:
         raise ConfigError(name, "inputs", f"{missing_in} are declared but no step reads them")

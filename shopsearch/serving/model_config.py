@@ -53,6 +53,24 @@ class TensorSpec:
 class DynamicBatching:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 500  # how long a request may wait for others to batch with
+    # Overload policy: beyond capacity a request is refused at once ("Exceeds maximum queue size")
+    # or after waiting `queue_timeout_us`, instead of queueing without bound. 0 = unbounded.
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
+
+    def queue_policy(self) -> pb.ModelQueuePolicy | None:
+        if not (self.max_queue_size or self.queue_timeout_us):
+            return None
+        return pb.ModelQueuePolicy(
+            timeout_action=pb.ModelQueuePolicy.REJECT, default_timeout_microseconds=self.queue_timeout_us,
+            allow_timeout_override=False, max_queue_size=self.max_queue_size,
+        )
+
+
+def _version_policy(config: pb.ModelConfig, versions: tuple[int, ...]) -> None:
+    """Load exactly these versions (a deploy keeps the serving and the previous generation loaded)."""
+    if versions:
+        config.version_policy.specific.versions.extend(sorted(set(versions)))
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class _BatchedModelConfig:
     instance_kind: str = "KIND_CPU"
     dynamic_batching: DynamicBatching | None = field(default_factory=DynamicBatching)
     parameters: tuple[tuple[str, str], ...] = ()
+    versions: tuple[int, ...] = ()  # version_policy specific; () = Triton's default (latest one)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -75,6 +94,10 @@ class _BatchedModelConfig:
             raise ConfigError(self.name, "instance_group.count", "must be >= 1")
         if self.instance_kind not in ("KIND_CPU", "KIND_GPU"):
             raise ConfigError(self.name, "instance_group.kind", f"unknown kind {self.instance_kind}")
+        if any(v < 1 for v in self.versions):
+            raise ConfigError(self.name, "version_policy.specific.versions", f"versions must be >= 1, got {list(self.versions)}")
+        if self.dynamic_batching and min(self.dynamic_batching.max_queue_size, self.dynamic_batching.queue_timeout_us) < 0:
+            raise ConfigError(self.name, "dynamic_batching.default_queue_policy", "queue size and timeout must be >= 0")
         if self.dynamic_batching and self.max_batch_size == 0:
             raise ConfigError(self.name, "dynamic_batching", "needs max_batch_size > 0")
         if self.dynamic_batching:
@@ -114,8 +137,12 @@ class _BatchedModelConfig:
                     max_queue_delay_microseconds=self.dynamic_batching.max_queue_delay_us,
                 )
             )
+            policy = self.dynamic_batching.queue_policy()
+            if policy is not None:
+                config.dynamic_batching.default_queue_policy.CopyFrom(policy)
         for key, value in self.parameters:
             config.parameters[key].string_value = value
+        _version_policy(config, self.versions)
         return config
 
 
@@ -187,6 +214,7 @@ class EnsembleConfig:
     outputs: tuple[TensorSpec, ...]
     steps: tuple[EnsembleStep, ...]
     max_batch_size: int = 256
+    versions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -206,6 +234,7 @@ class EnsembleConfig:
             message = config.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version)
             message.input_map.update(dict(step.input_map))
             message.output_map.update(dict(step.output_map))
+        _version_policy(config, self.versions)
         return config
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from shopsearch.errors import ShopSearchError
+from shopsearch.serving.repository import read_version_params
+from shopsearch.serving.step_metrics import METRIC_SPECS, observations
 from shopsearch.serving.steps import INSTANCE_COUNT, STEP_TYPES
 
 
@@ -34,8 +36,35 @@ class TritonStepModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         params[INSTANCE_COUNT] = str(sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1)
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        # A version's own parameters win: after a deploy, two generations share one config.pbtxt.
+        params.update(read_version_params(version_dir))
         self.step = STEP_TYPES[self.step_name].from_artifacts(version_dir, params)
+        self._families, self._metrics = [], {}
+        if params.get("custom_metrics", "1") == "1":
+            self._register_metrics(args["model_version"])
         self.logger.log_info(f"{self.model_name}: loaded step '{self.step_name}' from {version_dir}")
+
+    def _register_metrics(self, version: str) -> None:
+        kinds = {"counter": self.pb.MetricFamily.COUNTER, "histogram": self.pb.MetricFamily.HISTOGRAM}
+        labels = {"model": self.model_name, "version": version}
+        for spec in METRIC_SPECS.get(self.step_name, ()):
+            family = self.pb.MetricFamily(name=spec.name, description=spec.description, kind=kinds[spec.kind])
+            self._families.append(family)  # a family lives as long as its Python object
+            self._metrics[spec.name] = (family.Metric(labels=labels, buckets=list(spec.buckets)) if spec.kind == "histogram"
+                                        else family.Metric(labels=labels))
+
+    def _record(self, requests: list[dict], outcomes: list) -> None:
+        if not self._metrics:
+            return
+        try:
+            for spec, value in observations(self.step_name, requests, outcomes):
+                metric = self._metrics[spec.name]
+                if spec.kind == "histogram":
+                    metric.observe(value)
+                else:
+                    metric.increment(value)
+        except Exception:  # noqa: BLE001 - metrics must never fail a request
+            self.logger.log_warn(f"{self.model_name}: metrics: {traceback.format_exc()}")
 
     def _read(self, request) -> dict[str, np.ndarray]:
         arrays = {}
@@ -50,12 +79,14 @@ class TritonStepModel:
 
     def execute(self, requests):
         try:
-            outcomes = self.step.run([self._read(r) for r in requests])
+            arrays = [self._read(r) for r in requests]
+            outcomes = self.step.run(arrays)
         except ShopSearchError as exc:
             return [self._error(str(exc)) for _ in requests]
         except Exception:  # noqa: BLE001 - never let a bug take the model down; log it, fail the batch
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
             return [self._error(f"internal error in {self.model_name}") for _ in requests]
+        self._record(arrays, outcomes)
         responses = []
         for outcome in outcomes:
             if isinstance(outcome, ShopSearchError):

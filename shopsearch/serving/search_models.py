@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from shopsearch.export import OnnxSignature, TensorIO
 from shopsearch.serving.model_config import (
     DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorRTModelConfig, TensorSpec,
 )
 from shopsearch.serving.steps import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, QUERY, SCORES, TITLES, TOPK,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
 )
 
 MAX_BATCH_SIZE = 256
+ISOLATED_BATCH_SIZES = (1,)
+QUERY_TEXT_SPEC = TensorSpec(QUERY_TEXT, "uint8", (QUERY_TEXT_BYTES,))
 
 
 def _spec(io: TensorIO, ragged: bool = False) -> TensorSpec:
@@ -20,16 +24,22 @@ def _spec(io: TensorIO, ragged: bool = False) -> TensorSpec:
 
 
 def tokenizer_config(signature: OnnxSignature, max_length: int, batching: DynamicBatching,
-                     pad_multiple: int = 0) -> PythonModelConfig:
+                     pad_multiple: int = 0, emit_text: bool = False) -> PythonModelConfig:
+    """`emit_text`: also output QUERY_TEXT (for the hybrid ranker's BM25)."""
     ids, mask = (_spec(i) for i in signature.inputs)
+    # The tokenizer reads the client's raw BYTES. Triton's Python backend fails a whole execution
+    # when one request in it carries malformed string framing, so each request runs alone
+    # (preferred batch size 1, no delay): bad bytes fail only their sender. The batcher stays on
+    # for its overload queue policy; the models after the tokenizer batch as usual.
+    batching = dataclasses.replace(batching, preferred_batch_sizes=ISOLATED_BATCH_SIZES, max_queue_delay_us=0)
     return PythonModelConfig(
         name="tokenizer",
         inputs=(TensorSpec(QUERY, "object", (1,)),),
-        outputs=(ids, mask),
+        outputs=(ids, mask) + ((QUERY_TEXT_SPEC,) if emit_text else ()),
         max_batch_size=MAX_BATCH_SIZE,
         dynamic_batching=batching,
         parameters=(("max_length", str(max_length)), ("ids_output", ids.name), ("mask_output", mask.name),
-                    ("pad_multiple", str(pad_multiple))),
+                    ("pad_multiple", str(pad_multiple))) + ((("text_output", QUERY_TEXT),) if emit_text else ()),
     )
 
 
@@ -49,13 +59,14 @@ def embedder_config(signature: OnnxSignature, vocab_size: int, max_length: int, 
 
 def ranker_config(query: TensorSpec, n_candidates: int, embedder_id: str, batching: DynamicBatching,
                   hybrid: tuple[int, int] | None = None) -> PythonModelConfig:
-    """`hybrid` = (dense candidates, BM25 candidates): the ranker also reads the query text and
+    """`hybrid` = (dense candidates, BM25 candidates): the ranker also reads the query text (the
+    tokenizer's QUERY_TEXT) and
     re-ranks both candidate sets with the learned model; None: dense search only."""
     inputs: tuple[TensorSpec, ...] = (query,)
     parameters: tuple[tuple[str, str], ...] = (("query_input", query.name), ("n_candidates", str(n_candidates)),
                                                 ("embedder_id", embedder_id))
     if hybrid:
-        inputs += (TensorSpec(QUERY, "object", (1,)),)
+        inputs += (QUERY_TEXT_SPEC,)
         parameters += (("mode", "hybrid"), ("n_dense", str(hybrid[0])), ("n_lexical", str(hybrid[1])))
     return PythonModelConfig(
         name="ranker",

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from shopsearch.errors import ServerError
 
+ADMIN_HEADER = "admin-key"  # the header Triton checks on model-repository calls
+
 STUB_NAME = "triton_python_backend_stub"
 
 
@@ -66,12 +68,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 class TritonServer:
     """A tritonserver process bound to loopback, started in the project's virtualenv.
 
-    Use as a context manager, or start()/stop(). Ports default to free ones.
+    Use as a context manager, or start()/stop(). Ports default to free ones. With an `admin_key`
+    the server runs in explicit model-control mode (all models loaded at start, `make deploy` /
+    rollback load new versions) and Triton refuses model load/unload without that key in the
+    `admin-key` header, over HTTP and gRPC alike. Without one, the repository cannot be changed.
     """
 
     def __init__(self, repository: Path, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
-                 log_path: Path | None = None, extra_args: tuple[str, ...] = ()):
+                 log_path: Path | None = None, extra_args: tuple[str, ...] = (), admin_key: str | None = None):
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port = http_port or free_port(host)
@@ -79,6 +84,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port(host)
         self.log_path = log_path
         self.extra_args = extra_args
+        self.admin_key = admin_key
         self.process: subprocess.Popen | None = None
         self._log_handle = None
 
@@ -102,8 +108,16 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *self.model_control_args(),
             *self.extra_args,
         ]
+
+    def model_control_args(self) -> list[str]:
+        if not self.admin_key:
+            return ["--model-control-mode=none"]
+        restricted = f"model-repository:{ADMIN_HEADER}={self.admin_key}"
+        return ["--model-control-mode=explicit", "--load-model=*",
+                f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         install = find_triton()

@@ -19,12 +19,19 @@ from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
 from shopsearch.hybrid import LEXICAL_DIR, RERANKER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
 from shopsearch.index import CatalogIndex
 from shopsearch.results import CatalogLookup, hits_to_arrays
-from shopsearch.tokenization import MAX_QUERY_CHARS, TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
+from shopsearch.serving.step_metrics import CANDIDATE_POOL
+from shopsearch.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
 
 Arrays = dict[str, np.ndarray]
 Outcome = Arrays | ShopSearchError
 
 QUERY = "QUERY"
+# The query text as the tokenizer read it, UTF-8 in a fixed-size UINT8 row (zero padded) for the
+# hybrid ranker's BM25. Not BYTES: Triton checks a fixed-size tensor's byte count per request, so
+# no caller can send the ranker malformed string framing that would fail the requests batched
+# with it (the Python backend fails a whole execution on one malformed BYTES input).
+QUERY_TEXT = "QUERY_TEXT"
+QUERY_TEXT_BYTES = 512
 TOPK = "TOPK"
 CANDIDATE_INDICES = "CANDIDATE_INDICES"
 CANDIDATE_SCORES = "CANDIDATE_SCORES"
@@ -53,17 +60,31 @@ def _param(params: Mapping[str, str], model: str, key: str) -> str:
     return params[key]
 
 
+def encode_query_text(texts: list[str]) -> np.ndarray:
+    """[n, QUERY_TEXT_BYTES] uint8: each text's UTF-8, cut on a character boundary, zero padded."""
+    out = np.zeros((len(texts), QUERY_TEXT_BYTES), dtype=np.uint8)
+    for i, text in enumerate(texts):
+        raw = text.replace("\x00", " ").encode("utf-8")[:QUERY_TEXT_BYTES].decode("utf-8", errors="ignore").encode("utf-8")
+        out[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def decode_query_text(rows: np.ndarray) -> list[str]:
+    return [bytes(row).rstrip(b"\x00").decode("utf-8", errors="replace") for row in rows]
+
+
 class TokenizerStep:
     name = "tokenizer"
 
-    def __init__(self, encoder: TextEncoder, ids_name: str, mask_name: str):
-        self.encoder, self.ids_name, self.mask_name = encoder, ids_name, mask_name
+    def __init__(self, encoder: TextEncoder, ids_name: str, mask_name: str, emit_text: bool = False):
+        self.encoder, self.ids_name, self.mask_name, self.emit_text = encoder, ids_name, mask_name, emit_text
 
     @classmethod
     def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "TokenizerStep":
         encoder = TextEncoder.from_file(version_dir / TOKENIZER_FILE, int(_param(params, cls.name, "max_length")), cls.name,
                                         pad_multiple=int(params.get("pad_multiple", "0")))
-        return cls(encoder, _param(params, cls.name, "ids_output"), _param(params, cls.name, "mask_output"))
+        return cls(encoder, _param(params, cls.name, "ids_output"), _param(params, cls.name, "mask_output"),
+                   emit_text=params.get("text_output") == QUERY_TEXT)
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -72,8 +93,12 @@ class TokenizerStep:
                 queries = arrays[QUERY].reshape(-1)
                 if queries.size == 0:
                     raise InvalidInputError(self.name, QUERY, "batch holds no queries")
-                batch = self.encoder.encode(list(queries))
-                outcomes.append({self.ids_name: batch.input_ids, self.mask_name: batch.attention_mask})
+                texts = [self.encoder.decode_query(q, i) for i, q in enumerate(queries)]
+                batch = self.encoder.encode_texts(texts)
+                outcome = {self.ids_name: batch.input_ids, self.mask_name: batch.attention_mask}
+                if self.emit_text:
+                    outcome[QUERY_TEXT] = encode_query_text(texts)
+                outcomes.append(outcome)
             except ShopSearchError as exc:
                 outcomes.append(exc)
         return outcomes
@@ -139,12 +164,12 @@ class RankerStep:
         return cls(index, _param(params, cls.name, "query_input"), int(_param(params, cls.name, "n_candidates")), hybrid)
 
     def _texts(self, arrays: Arrays, rows: int) -> list[str]:
-        if QUERY not in arrays:
-            raise InvalidInputError(self.name, QUERY, "hybrid ranking needs the query text")
-        raw = arrays[QUERY].reshape(-1)
-        if raw.size != rows:
-            raise InvalidInputError(self.name, QUERY, f"{raw.size} queries for {rows} query vectors")
-        return [(q.decode("utf-8", errors="replace") if isinstance(q, bytes) else str(q))[:MAX_QUERY_CHARS] for q in raw]
+        if QUERY_TEXT not in arrays:
+            raise InvalidInputError(self.name, QUERY_TEXT, "hybrid ranking needs the query text")
+        raw = arrays[QUERY_TEXT]
+        if raw.ndim != 2 or raw.shape != (rows, QUERY_TEXT_BYTES):
+            raise InvalidInputError(self.name, QUERY_TEXT, f"expected [{rows}, {QUERY_TEXT_BYTES}] for {rows} query vectors, got {list(raw.shape)}")
+        return decode_query_text(raw.astype(np.uint8, copy=False))
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
         queries = [r[self.query_name].astype(np.float32) for r in requests]
@@ -163,13 +188,17 @@ class RankerStep:
             return outcomes  # type: ignore[return-value]
         vectors = np.concatenate([queries[i] for i in good])
         if self.hybrid is not None:
-            indices, scores = self.hybrid.rank([t for i in good for t in texts[i]], vectors, self.n_candidates)
+            pool: list[int] = []
+            indices, scores = self.hybrid.rank([t for i in good for t in texts[i]], vectors, self.n_candidates, pool)
+            pool_sizes = np.array(pool, dtype=np.int64)
         else:
             indices, scores = self.index.search(vectors, self.n_candidates)
+            pool_sizes = np.full(len(vectors), len(self.index), dtype=np.int64)  # exact search weighs every product
         start = 0
         for i in good:
             n = queries[i].shape[0]
-            outcomes[i] = {CANDIDATE_INDICES: indices[start : start + n], CANDIDATE_SCORES: scores[start : start + n]}
+            outcomes[i] = {CANDIDATE_INDICES: indices[start : start + n], CANDIDATE_SCORES: scores[start : start + n],
+                           CANDIDATE_POOL: pool_sizes[start : start + n]}
             start += n
         return outcomes  # type: ignore[return-value]
 

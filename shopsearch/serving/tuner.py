@@ -20,7 +20,7 @@ from pathlib import Path
 from shopsearch.errors import ConfigError, ShopSearchError
 from shopsearch.perf import SweepPoint, measure_repository
 from shopsearch.serving.repository import BUILD_MANIFEST
-from shopsearch.serving.tuning import TUNED_MODELS, Tuning, current_tuning, variant_repository
+from shopsearch.serving.tuning import REQUEST_ISOLATED, TUNED_MODELS, Tuning, current_tuning, variant_repository
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ class TuneGrid:
         if unknown:
             raise ConfigError("tune", "models", f"unknown {unknown}; tunable: {list(TUNED_MODELS)}")
 
-    def dimensions(self) -> list[tuple[str, tuple]]:
+    def dimensions(self, model: str) -> list[tuple[str, tuple]]:
+        if model in REQUEST_ISOLATED:
+            return [("instance_count", self.instance_counts)]
         return [("instance_count", self.instance_counts), ("max_queue_delay_us", self.queue_delays_us),
                 ("preferred_batch_sizes", self.preferred_batch_sizes)]
 
@@ -70,7 +72,7 @@ def tune(repo: Path, input_data: Path, work: Path, grid: TuneGrid = TuneGrid(), 
     log(f"baseline (as built): {best_point.throughput:.1f} infer/s, p99 {best_point.p99_ms:.1f} ms")
     trials = [{"model": None, "settings": None, **_point(best_point), "kept": True}]
     for model in grid.models:
-        for dimension, values in grid.dimensions():
+        for dimension, values in grid.dimensions(model):
             for value in values:
                 candidate = dataclasses.replace(best.settings(model), **{dimension: value})
                 if candidate == best.settings(model):

@@ -21,6 +21,9 @@ from shopsearch.errors import ConfigError
 from shopsearch.serving.model_config import CONFIG_FILE, DynamicBatching, ModelConfigType, read_config
 
 TUNED_MODELS = ("tokenizer", "embedder", "ranker", "postprocess")
+# Models that read raw client bytes execute one request at a time (see search_models.tokenizer_config):
+# tuning may change their instance count, never their batching.
+REQUEST_ISOLATED = ("tokenizer",)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,11 @@ class Tuning:
         if config.name not in self.models:
             return config
         settings = self.models[config.name]
-        batching = settings.batching if config.dynamic_batching is not None else None
+        batching = config.dynamic_batching
+        if config.dynamic_batching is not None and config.name not in REQUEST_ISOLATED:
+            # Tuning owns the batching delay and sizes; the overload queue policy stays as built.
+            batching = dataclasses.replace(config.dynamic_batching, preferred_batch_sizes=settings.preferred_batch_sizes,
+                                           max_queue_delay_us=settings.max_queue_delay_us)
         return dataclasses.replace(config, instance_count=settings.instance_count, dynamic_batching=batching)
 
     def to_json(self) -> dict:
@@ -137,7 +144,7 @@ def variant_repository(src: Path, dst: Path, tuning: Tuning) -> Path:
         def edit(config: pb.ModelConfig, settings: ModelSettings = settings) -> None:
             for group in config.instance_group:
                 group.count = settings.instance_count
-            if config.HasField("dynamic_batching"):
+            if config.HasField("dynamic_batching") and config.name not in REQUEST_ISOLATED:
                 config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
                 del config.dynamic_batching.preferred_batch_size[:]
                 config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
@@ -155,6 +162,20 @@ def unbatched_repository(src: Path, dst: Path) -> Path:
         def edit(config: pb.ModelConfig) -> None:
             config.max_batch_size = 1
             config.ClearField("dynamic_batching")
+        _rewrite(config_path.parent, edit)
+    return dst
+
+
+def unbounded_queue_repository(src: Path, dst: Path) -> Path:
+    """`src` without the overload policy: every model queues without limit (the comparison that
+    shows what max_queue_size and the queue timeout buy under overload)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    _link_tree(src, dst)
+    for config_path in dst.glob(f"*/{CONFIG_FILE}"):
+        def edit(config: pb.ModelConfig) -> None:
+            if config.HasField("dynamic_batching"):
+                config.dynamic_batching.ClearField("default_queue_policy")
         _rewrite(config_path.parent, edit)
     return dst
 

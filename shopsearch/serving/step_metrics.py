@@ -1,0 +1,69 @@
+"""Custom Prometheus metrics of the served models, computed from what each step saw and answered.
+
+Triton's own metrics (/metrics: nv_inference_*) count requests, queue and compute time; these say
+what the traffic *is*: query lengths, how many candidates the ranker weighed, how often a search
+came back empty, how many requests were refused for bad input. The Python-backend adapter
+registers them through `pb_utils.MetricFamily`; `observations` is plain Python, tested in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shopsearch.errors import ShopSearchError
+from shopsearch.results import PAD_PRODUCT_ID
+
+CANDIDATE_POOL = "_candidate_pool"  # ranker outcome key (not a served tensor): candidates weighed per query
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # counter | histogram
+    description: str
+    buckets: tuple[float, ...] = ()
+
+
+REJECTED = MetricSpec("shopsearch_rejected_requests_total", "counter", "Requests refused with a client error (bad input)")
+QUERY_CHARS = MetricSpec("shopsearch_query_chars", "histogram", "Characters per query received by the tokenizer",
+                         (4, 8, 16, 32, 64, 128, 256, 1024))
+QUERY_TOKENS = MetricSpec("shopsearch_query_tokens", "histogram", "Tokens per query after truncation", (2, 4, 8, 16, 32, 64))
+CANDIDATES = MetricSpec("shopsearch_ranker_candidates", "histogram", "Candidates the ranker scored per query",
+                        (10, 25, 50, 100, 150, 200, 300, 500))
+QUERIES = MetricSpec("shopsearch_queries_total", "counter", "Queries answered with results")
+EMPTY = MetricSpec("shopsearch_empty_results_total", "counter", "Queries answered with no product at all")
+
+METRIC_SPECS: dict[str, tuple[MetricSpec, ...]] = {
+    "tokenizer": (REJECTED, QUERY_CHARS, QUERY_TOKENS),
+    "embedder": (REJECTED,),
+    "ranker": (REJECTED, CANDIDATES),
+    "postprocess": (REJECTED, QUERIES, EMPTY),
+}
+
+
+def _text_length(value) -> int:
+    return len(value.decode("utf-8", errors="replace")) if isinstance(value, bytes) else len(str(value))
+
+
+def observations(step: str, requests: Sequence[dict[str, np.ndarray]], outcomes: Sequence) -> list[tuple[MetricSpec, float]]:
+    """(metric, value) pairs for one executed batch: counters get increments, histograms samples."""
+    out: list[tuple[MetricSpec, float]] = []
+    for arrays, outcome in zip(requests, outcomes):
+        if isinstance(outcome, ShopSearchError):
+            out.append((REJECTED, 1.0))
+            continue
+        if step == "tokenizer":
+            out += [(QUERY_CHARS, float(_text_length(q))) for q in arrays["QUERY"].reshape(-1)]
+            masks = [v for k, v in outcome.items() if "mask" in k]
+            if masks:
+                out += [(QUERY_TOKENS, float(n)) for n in masks[0].sum(axis=1)]
+        elif step == "ranker" and CANDIDATE_POOL in outcome:
+            out += [(CANDIDATES, float(n)) for n in outcome[CANDIDATE_POOL]]
+        elif step == "postprocess":
+            ids = outcome["PRODUCT_IDS"]
+            empty = int(sum(all((i.decode() if isinstance(i, bytes) else str(i)) == PAD_PRODUCT_ID for i in row) for row in ids))
+            out += [(QUERIES, float(len(ids))), (EMPTY, float(empty))]
+    return [(spec, value) for spec, value in out if spec in METRIC_SPECS.get(step, ())]

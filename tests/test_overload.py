@@ -1,0 +1,47 @@
+"""Beyond capacity, requests are refused at once with a clear status instead of queueing without
+bound: the same open-loop burst against the built repository (queue policy on) and against a copy
+without the policy, on real tritonservers; the server answers normally right after."""
+
+from __future__ import annotations
+
+import pytest
+
+from shopsearch.serving.client import SearchClient
+from shopsearch.serving.loadgen import flood
+from shopsearch.serving.model_config import read_config
+from shopsearch.serving.server import TritonServer
+from shopsearch.serving.tuning import unbounded_queue_repository
+
+pytestmark = pytest.mark.integration
+
+BURST = 3000  # about 6 s of this machine's capacity, sent in 2-3 s
+REFUSALS = {"Exceeds maximum queue size", "Request timeout expired"}
+
+
+def test_overload_is_refused_fast_and_answered_requests_stay_bounded(triton_server, built_repo, tmp_path):
+    steps = [s.model_name for s in read_config(built_repo / "search").ensemble_scheduling.step]
+    policies = [read_config(built_repo / m).dynamic_batching.default_queue_policy for m in steps]
+    assert all(p.max_queue_size > 0 and p.default_timeout_microseconds > 0 for p in policies)
+    # An answered request waited in each model's queue at most that model's timeout.
+    bound_ms = sum(p.default_timeout_microseconds for p in policies) / 1000
+
+    flood(triton_server.grpc_url, 50)  # warm
+    bounded = flood(triton_server.grpc_url, BURST)
+    after = flood(triton_server.grpc_url, 50)
+    with TritonServer(unbounded_queue_repository(built_repo, tmp_path / "unbounded")) as server:
+        flood(server.grpc_url, 50)
+        unbounded = flood(server.grpc_url, BURST)
+    print(f"\noverload, queue policy on:  {bounded.summary()} {dict(bounded.errors)}"
+          f"\noverload, no queue policy:  {unbounded.summary()}"
+          f"\nright after the burst:      {after.summary()}")
+
+    assert len(bounded.accepted_ms) + bounded.rejected == BURST
+    assert bounded.rejected > 0 and set(bounded.errors) <= REFUSALS, bounded.errors
+    assert bounded.percentile("rejected", 50) < bounded.percentile("accepted", 50)
+    assert bounded.percentile("accepted", 99) < bound_ms
+    assert unbounded.rejected == 0
+    assert bounded.percentile("accepted", 99) < unbounded.percentile("accepted", 99)
+    assert after.rejected == 0
+    client = SearchClient(triton_server.http_url)
+    assert client.is_ready() and len(client.search(["blue tent"])[0]) == 10
+    client.close()

@@ -1,0 +1,30 @@
+"""The custom metrics each served step reports, computed in-process from its inputs and outcomes."""
+
+import numpy as np
+
+from shopsearch.errors import InvalidInputError
+from shopsearch.pipeline import SearchPipeline
+from shopsearch.serving.step_metrics import CANDIDATES, EMPTY, QUERIES, QUERY_CHARS, QUERY_TOKENS, REJECTED, observations
+
+
+def test_each_step_reports_what_it_saw(built_repo):
+    pipeline = SearchPipeline.from_repository(built_repo)
+    tokenizer, embedder, ranker, postprocess = pipeline.steps
+    requests = [{"QUERY": np.array([[b"blue tent"], ["frying pan 12 inch".encode()]], dtype=object)}, {"QUERY": np.array([[b"  "]], dtype=object)}]
+    outcomes = tokenizer.run(requests)
+    seen = observations("tokenizer", requests, outcomes)
+    assert (REJECTED, 1.0) in seen and isinstance(outcomes[1], InvalidInputError)
+    assert sorted(v for s, v in seen if s is QUERY_CHARS) == [9.0, 18.0]
+    assert all(v >= 2 for s, v in seen if s is QUERY_TOKENS) and sum(s is QUERY_TOKENS for s, _ in seen) == 2
+
+    state = {**requests[0], **outcomes[0]}
+    state.update(embedder.run([state])[0])
+    ranked = ranker.run([state])[0]
+    pools = [v for s, v in observations("ranker", [state], [ranked]) if s is CANDIDATES]
+    # The tiny build serves hybrid ranking: BM25 and dense candidates, merged (at most both lists).
+    assert len(pools) == 2 and all(ranker.n_candidates <= v <= ranker.hybrid.n_dense + ranker.hybrid.n_lexical for v in pools)
+    state.update(ranked)
+    final = postprocess.run([state])[0]
+    assert observations("postprocess", [state], [final]) == [(QUERIES, 2.0), (EMPTY, 0.0)]
+    no_hits = {**final, "PRODUCT_IDS": np.full_like(final["PRODUCT_IDS"], b"")}
+    assert observations("postprocess", [state], [no_hits]) == [(QUERIES, 2.0), (EMPTY, 2.0)]
