@@ -42,6 +42,7 @@ def cmd_serve(args) -> None:
     from shopsearch.serving.server import TritonServer
 
     from shopsearch.serving.deploy import ensure_admin_key
+    from shopsearch.serving.supervisor import Supervisor
 
     repo = Path(args.repo)
     log_path = Path(args.log) if args.log else None
@@ -71,10 +72,8 @@ def cmd_serve(args) -> None:
         )
         if args.exit_after_ready:
             return
-        while not stop.is_set():
-            if server.process is None or server.process.poll() is not None:
-                raise ShopSearchError("tritonserver exited unexpectedly")
-            stop.wait(1.0)
+        # Restarts a dead server, reloads a model whose Python stub died (Triton heals neither).
+        Supervisor(server, interval_s=args.probe_interval).run(stop)
     finally:
         server.stop()
         print("tritonserver stopped")
@@ -169,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-after-ready", action="store_true", help="stop after the example queries (smoke test)")
     p.add_argument("--admin-key-file", default=ADMIN_KEY_FILE, help="key guarding model load/unload (created 0600 if absent)")
     p.add_argument("--no-model-control", action="store_true", help="load the repository once; no deploys")
+    p.add_argument("--probe-interval", type=float, default=5.0, help="seconds between the supervisor's probe queries")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("deploy", help="publish a new generation (catalog and/or models) into the served repository, under traffic")

@@ -38,7 +38,10 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["embedder", "postprocess", "ranker", "search", "tokenizer"]
     ports = [str(free_port()) for _ in range(3)]
     out = run("-m", "shopsearch.cli", "serve", "--repo", str(repo), "--http-port", ports[0], "--grpc-port", ports[1],
-              "--metrics-port", ports[2], "--log", str(tmp_path / "triton.log"), "--exit-after-ready")
+              "--metrics-port", ports[2], "--log", str(tmp_path / "triton.log"), "--exit-after-ready",
+              "--admin-key-file", str(tmp_path / "admin.key"))
+    # Model control is on, behind a key only the owner can read.
+    assert (tmp_path / "admin.key").stat().st_mode & 0o777 == 0o600 and len((tmp_path / "admin.key").read_text().strip()) > 30
     assert "> red running shoes" in out and "tritonserver is ready" in out and "tritonserver stopped" in out
     first_hit = out.split("> red running shoes", 1)[1].splitlines()[1]
     assert first_hit.strip().startswith("1.")
@@ -55,5 +58,5 @@ def test_build_fails_with_a_clear_message_when_the_checkpoint_is_missing(tmp_pat
 
 def test_make_help_lists_every_target():
     result = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    for target in ("demo", "train", "train-reranker", "build-repo", "serve", "query", "eval", "tune", "bench", "test"):
+    for target in ("demo", "train", "train-reranker", "build-repo", "serve", "query", "eval", "tune", "bench", "deploy", "rollback", "test"):
         assert f"  {target}" in result.stdout

@@ -80,8 +80,10 @@ def test_topk_input_changes_the_number_of_results(http, grpc):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_empty_query_gets_a_clear_error(protocol, http, grpc, triton_server):
     client = http if protocol == "http" else grpc
-    with pytest.raises(InferenceServerException, match="query is empty or whitespace-only"):
+    with pytest.raises(InferenceServerException, match="query is empty or whitespace-only") as info:
         client.search([""])
+    # A client fault, not a server one: HTTP 400 / gRPC INVALID_ARGUMENT (clients must not retry it).
+    assert info.value.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT")
     with pytest.raises(InferenceServerException, match="query is empty"):
         client.search(["   \t"])
     assert_healthy(triton_server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,8 +12,24 @@ from shopsearch.results import Hit
 from shopsearch.serving.steps import PRODUCT_IDS, QUERY, SCORES, TITLES, TOPK
 
 
+# Failures worth retrying: the server is restarting, a model is being repaired, or overloaded.
+TRANSIENT = ("Stub process", "Exceeds maximum queue size", "Request timeout expired", "UNAVAILABLE",
+             "Connection refused", "connection refused", "Failed to connect", "Connection reset", "Broken pipe",
+             "Remote end closed", "not ready", "unavailable", "[503]")
+
+
+def is_transient(error: Exception) -> bool:
+    text = f"{type(error).__name__}: {error}"
+    return isinstance(error, (ConnectionError, OSError)) or any(marker in text for marker in TRANSIENT)
+
+
 class SearchClient:
-    def __init__(self, url: str, protocol: str = "http", model: str = "search", timeout_s: float = 60.0):
+    """`retry_s` > 0: transient failures (see TRANSIENT) are retried with exponential backoff for up
+    to that many seconds; a client error (bad input) is never retried."""
+
+    def __init__(self, url: str, protocol: str = "http", model: str = "search", timeout_s: float = 60.0, retry_s: float = 0.0):
+        self.retry_s = retry_s
+        self.retries = 0  # transient failures absorbed so far
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be http or grpc, got {protocol}")
         self.protocol, self.model, self.timeout_s = protocol, model, timeout_s
@@ -28,6 +45,19 @@ class SearchClient:
 
     def infer_raw(self, queries: np.ndarray, top_k: int | None = None):
         """Send a prepared [batch, 1] object array; returns tritonclient's result."""
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                return self._infer_once(queries, top_k)
+            except Exception as exc:  # noqa: BLE001 - sorted into transient or not below
+                if time.monotonic() + delay > deadline or not is_transient(exc):
+                    raise
+                self.retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _infer_once(self, queries: np.ndarray, top_k: int | None):
         tensor = self._module.InferInput(QUERY, list(queries.shape), "BYTES")
         tensor.set_data_from_numpy(queries)
         inputs = [tensor]

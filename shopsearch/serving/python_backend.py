@@ -74,8 +74,10 @@ class TritonStepModel:
                 arrays[name] = tensor.as_numpy()
         return arrays
 
-    def _error(self, message: str):
-        return self.pb.InferenceResponse(error=self.pb.TritonError(message))
+    def _error(self, message: str, client_fault: bool = True):
+        # INVALID_ARG: the client sent something unusable (HTTP 400, do not retry); INTERNAL: our bug (500).
+        code = self.pb.TritonError.INVALID_ARG if client_fault else self.pb.TritonError.INTERNAL
+        return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
     def execute(self, requests):
         try:
@@ -85,7 +87,7 @@ class TritonStepModel:
             return [self._error(str(exc)) for _ in requests]
         except Exception:  # noqa: BLE001 - never let a bug take the model down; log it, fail the batch
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
-            return [self._error(f"internal error in {self.model_name}") for _ in requests]
+            return [self._error(f"internal error in {self.model_name}", client_fault=False) for _ in requests]
         self._record(arrays, outcomes)
         responses = []
         for outcome in outcomes:

@@ -59,6 +59,31 @@ def install_python_backend_stub() -> Path:
     return install.stub_target
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM tritonserver when the process that started it dies (a killed
+    test run or CLI must not leave a server and its stubs holding ports and memory)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """pid -> model.py path of each Python-backend stub this tritonserver runs (Linux /proc)."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == server_pid and args and args[0].endswith(STUB_NAME.encode()) and len(args) > 1:
+            stubs[int(entry.name)] = args[1].decode(errors="replace")
+    return stubs
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -136,7 +161,7 @@ class TritonServer:
             self._log_handle = open(self.log_path, "w")
             output = self._log_handle
         self.process = subprocess.Popen(self.command(), stdout=output, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_stop_with_parent)
         try:
             self.wait_ready(timeout)
         except BaseException:
