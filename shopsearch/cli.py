@@ -39,9 +39,8 @@ def print_hits(query: str, hits) -> None:
 
 def cmd_serve(args) -> None:
     from shopsearch.serving.client import SearchClient
-    from shopsearch.serving.server import TritonServer
-
     from shopsearch.serving.deploy import ensure_admin_key
+    from shopsearch.serving.server import TritonServer
     from shopsearch.serving.supervisor import Supervisor
 
     repo = Path(args.repo)
@@ -77,6 +76,18 @@ def cmd_serve(args) -> None:
     finally:
         server.stop()
         print("tritonserver stopped")
+
+
+def cmd_supervise(args) -> None:
+    from shopsearch.serving.deploy import read_admin_key
+    from shopsearch.serving.supervisor import Supervisor
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    key = read_admin_key(Path(args.admin_key_file)) if args.admin_key_file else None
+    print(f"supervising the search ensemble at {args.url} every {args.probe_interval}s", flush=True)
+    Supervisor(http_url=args.url, admin_key=key, interval_s=args.probe_interval).run(stop)
 
 
 def cmd_query(args) -> None:
@@ -170,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model-control", action="store_true", help="load the repository once; no deploys")
     p.add_argument("--probe-interval", type=float, default=5.0, help="seconds between the supervisor's probe queries")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("supervise", help="watch a running server (a sidecar): reload a model whose Python stub died")
+    p.add_argument("--url", default="127.0.0.1:8000")
+    p.add_argument("--admin-key-file", default=None)
+    p.add_argument("--probe-interval", type=float, default=5.0)
+    p.set_defaults(func=cmd_supervise)
 
     p = sub.add_parser("deploy", help="publish a new generation (catalog and/or models) into the served repository, under traffic")
     p.add_argument("--repo", default="model_repository")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from shopsearch.errors import ArtifactError, ExportParityError
-from shopsearch.hybrid import FEATURE_NAMES, INPUT_NAME, OUTPUT_NAME, RERANKER_ONNX, HybridRanker, OnnxReranker
+from shopsearch.hybrid import FEATURE_NAMES, INPUT_NAME, OUTPUT_NAME, HybridRanker, OnnxReranker
 
 RERANKER_WEIGHTS = "reranker.pt"
 RERANKER_CARD = "reranker.json"

@@ -17,7 +17,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 

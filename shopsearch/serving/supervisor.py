@@ -23,9 +23,16 @@ DEAD_STUB = re.compile(r"Stub process '(?P<model>.+)_\d+_\d+' is not healthy")
 
 
 class Supervisor:
-    def __init__(self, server: TritonServer, probe_query: str = "supervisor probe", interval_s: float = 2.0,
-                 ensemble: str = "search", log=print):
-        self.server, self.probe_query, self.interval_s, self.ensemble, self.log = server, probe_query, interval_s, ensemble, log
+    """`server`: a TritonServer this process started (restartable), or an external one given by
+    `http_url` and `admin_key` (a sidecar: the container runtime restarts the server itself)."""
+
+    def __init__(self, server: TritonServer | None = None, probe_query: str = "supervisor probe", interval_s: float = 2.0,
+                 log=print, http_url: str | None = None, admin_key: str | None = None):
+        if server is None and http_url is None:
+            raise ServerError("supervisor: give a server it started or the URL of one to watch")
+        self.server, self.probe_query, self.interval_s, self.log = server, probe_query, interval_s, log
+        self.http_url = server.http_url if server else http_url
+        self.admin_key = server.admin_key if server else admin_key
         self.events: list[tuple[float, str]] = []
 
     def _record(self, what: str) -> str:
@@ -38,10 +45,10 @@ class Supervisor:
         config as a change, so new instances (new stubs) start and replace the broken ones."""
         import tritonclient.http as httpclient
 
-        if not self.server.admin_key:
+        if not self.admin_key:
             raise ServerError(f"{model}: cannot reload a model without model control (start the server with an admin key)")
-        headers = {ADMIN_HEADER: self.server.admin_key}
-        client = httpclient.InferenceServerClient(self.server.http_url, network_timeout=300)
+        headers = {ADMIN_HEADER: self.admin_key}
+        client = httpclient.InferenceServerClient(self.http_url, network_timeout=300)
         try:
             config = client.get_model_config(model)
             client.load_model(model, headers=headers, config=json.dumps(config))
@@ -52,12 +59,12 @@ class Supervisor:
         """One probe; returns what was repaired, or None when all was well."""
         from shopsearch.serving.client import SearchClient
 
-        if self.server.process is None or self.server.process.poll() is not None:
+        if self.server is not None and (self.server.process is None or self.server.process.poll() is not None):
             code = None if self.server.process is None else self.server.process.returncode
             self.server.stop()
             self.server.start()
             return self._record(f"tritonserver had exited (code {code}); restarted and ready")
-        client = SearchClient(self.server.http_url, timeout_s=30)
+        client = SearchClient(self.http_url, timeout_s=30)
         try:
             client.search([self.probe_query])
             return None

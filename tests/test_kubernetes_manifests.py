@@ -1,0 +1,44 @@
+"""The scale-out manifests lint against Kubernetes' own schemas (offline, kubernetes-validate) and
+agree with how the project runs tritonserver."""
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+MANIFESTS = sorted((Path(__file__).resolve().parents[1] / "deploy" / "kubernetes").glob("*.yaml"))
+K8S_VERSION = "1.30.0"
+
+
+def documents():
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_every_manifest_passes_the_kubernetes_schema():
+    docs = documents()
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_lint_catches_a_broken_manifest():
+    deployment = next(d for d in documents() if d["kind"] == "Deployment")
+    deployment["spec"]["replicas"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    deployment["spec"]["replicas"] = 3
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_the_deployment_runs_triton_as_the_project_does():
+    from shopsearch.serving.server import TritonServer
+
+    deployment = next(d for d in documents() if d["kind"] == "Deployment")
+    triton = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton")
+    local = TritonServer(Path("."), admin_key="$(ADMIN_KEY)").model_control_args()
+    assert set(local) <= set(triton["args"])  # explicit control, load all, restricted model repository API
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/models/search/ready"
+    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
