@@ -30,19 +30,28 @@ def main(argv: list[str] | None = None) -> int:
         inputs = write_input_data(args.repo, queries, args.out / "input_data")
         inputs["search"] = args.queries
         levels = [int(c) for c in args.concurrency.split(",")]
-        points = []
-        for model in args.models.split(","):
-            points += run_perf_analyzer(model, args.grpc_url, inputs[model], levels, args.out / "csv", args.measurement_ms)
-            print(f"{model}: done", flush=True)
     except ShopSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    points, failed = [], []
+    for model in args.models.split(","):
+        try:
+            points += run_perf_analyzer(model, args.grpc_url, inputs[model], levels, args.out / "csv", args.measurement_ms)
+            print(f"{model}: done", flush=True)
+        except ShopSearchError as exc:
+            # One unstable model must not discard the others' numbers; the run still fails below.
+            # (tritonserver 2.51: an inner model with a queue policy, called directly rather than
+            # through the ensemble, stalls now and then at low concurrency; see deploy/README.md.)
+            failed.append(f"{model}: {exc}")
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+    if not points:
+        return 2
     plot_sweep(points, args.out / "throughput_vs_p99.png")
-    summary = summary_markdown(points)
+    summary = summary_markdown(points) + "".join(f"\nnot measured: {line}\n" for line in failed)
     (args.out / "summary.md").write_text("# perf_analyzer sweep\n\n" + summary)
     print(summary)
     print(f"written: {args.out}/summary.md, {args.out}/throughput_vs_p99.png, {args.out}/csv/")
-    return 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

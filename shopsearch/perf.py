@@ -95,7 +95,7 @@ class SweepPoint:
 
 
 def run_perf_analyzer(model: str, url: str, input_data: Path, concurrency: list[int], csv_dir: Path,
-                      measurement_ms: int = 2000, protocol: str = "grpc") -> list[SweepPoint]:
+                      measurement_ms: int = 2000, protocol: str = "grpc", stability_percentage: int = 25) -> list[SweepPoint]:
     """One perf_analyzer run per concurrency level (exact levels, e.g. 1, 2, 4, 8, 16), over
     `protocol` (grpc or http) to `url` (host:port of that protocol)."""
     csv_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def run_perf_analyzer(model: str, url: str, input_data: Path, concurrency: list[
             "-f", str(csv_path), "--verbose-csv",
             # A 2-core machine running server and client is noisy: accept windows within 25% of
             # each other (default 10%) and try up to 20 windows before giving up.
-            "--stability-percentage", "25", "--max-trials", "20",
+            "--stability-percentage", str(stability_percentage), "--max-trials", "20",
         ]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
