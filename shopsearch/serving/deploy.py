@@ -127,12 +127,6 @@ class ModelControl:
         except Exception as exc:  # tritonclient raises InferenceServerException with the server's reason
             raise DeployError(f"{model}: load failed on {self.url}: {exc}") from None
 
-    def ready(self, model: str, version: int) -> bool:
-        try:
-            return self._client.is_model_ready(model, str(version))
-        except Exception:  # noqa: BLE001 - unreachable counts as not ready
-            return False
-
     def close(self) -> None:
         self._client.close()
 

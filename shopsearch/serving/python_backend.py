@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shopsearch.errors import ShopSearchError
+from shopsearch.errors import InvalidInputError, ShopSearchError
 from shopsearch.serving.repository import read_version_params
 from shopsearch.serving.step_metrics import METRIC_SPECS, observations
 from shopsearch.serving.steps import INSTANCE_COUNT, STEP_TYPES
@@ -41,7 +41,11 @@ class TritonStepModel:
         self.step = STEP_TYPES[self.step_name].from_artifacts(version_dir, params)
         self._families, self._metrics = [], {}
         if params.get("custom_metrics", "1") == "1":
-            self._register_metrics(args["model_version"])
+            try:
+                self._register_metrics(args["model_version"])
+            except Exception:  # noqa: BLE001 - a model serves without its custom metrics rather than not at all
+                self._families, self._metrics = [], {}
+                self.logger.log_warn(f"{self.model_name}: custom metrics disabled: {traceback.format_exc()}")
         self.logger.log_info(f"{self.model_name}: loaded step '{self.step_name}' from {version_dir}")
 
     def _register_metrics(self, version: str) -> None:
@@ -74,7 +78,7 @@ class TritonStepModel:
                 arrays[name] = tensor.as_numpy()
         return arrays
 
-    def _error(self, message: str, client_fault: bool = True):
+    def _error(self, message: str, client_fault: bool):
         # INVALID_ARG: the client sent something unusable (HTTP 400, do not retry); INTERNAL: our bug (500).
         code = self.pb.TritonError.INVALID_ARG if client_fault else self.pb.TritonError.INTERNAL
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
@@ -84,7 +88,7 @@ class TritonStepModel:
             arrays = [self._read(r) for r in requests]
             outcomes = self.step.run(arrays)
         except ShopSearchError as exc:
-            return [self._error(str(exc)) for _ in requests]
+            return [self._error(str(exc), isinstance(exc, InvalidInputError)) for _ in requests]
         except Exception:  # noqa: BLE001 - never let a bug take the model down; log it, fail the batch
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
             return [self._error(f"internal error in {self.model_name}", client_fault=False) for _ in requests]
@@ -92,7 +96,7 @@ class TritonStepModel:
         responses = []
         for outcome in outcomes:
             if isinstance(outcome, ShopSearchError):
-                responses.append(self._error(str(outcome)))
+                responses.append(self._error(str(outcome), isinstance(outcome, InvalidInputError)))
                 continue
             tensors = [self.pb.Tensor(name, outcome[name]) for name in self.output_names]
             responses.append(self.pb.InferenceResponse(output_tensors=tensors))

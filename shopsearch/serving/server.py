@@ -61,7 +61,8 @@ def install_python_backend_stub() -> Path:
 
 def _stop_with_parent() -> None:
     """In the child before exec: SIGTERM tritonserver when the process that started it dies (a killed
-    test run or CLI must not leave a server and its stubs holding ports and memory)."""
+    test run or CLI must not leave a server and its stubs holding ports and memory). Linux ties this
+    to the *thread* that started it: start servers from a thread that outlives them."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1

@@ -16,7 +16,10 @@ import numpy as np
 from shopsearch.errors import ShopSearchError
 from shopsearch.results import PAD_PRODUCT_ID
 
-CANDIDATE_POOL = "_candidate_pool"  # ranker outcome key (not a served tensor): candidates weighed per query
+# Outcome keys that are not served tensors (the adapter sends only the config's outputs): what a
+# step counted while it ran, per query, for the metrics below.
+CANDIDATE_POOL = "_candidate_pool"  # ranker: candidates weighed
+TOKEN_COUNTS = "_token_counts"  # tokenizer: tokens after truncation
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,7 @@ def observations(step: str, requests: Sequence[dict[str, np.ndarray]], outcomes:
             continue
         if step == "tokenizer":
             out += [(QUERY_CHARS, float(_text_length(q))) for q in arrays["QUERY"].reshape(-1)]
-            masks = [v for k, v in outcome.items() if "mask" in k]
-            if masks:
-                out += [(QUERY_TOKENS, float(n)) for n in masks[0].sum(axis=1)]
+            out += [(QUERY_TOKENS, float(n)) for n in outcome.get(TOKEN_COUNTS, ())]
         elif step == "ranker" and CANDIDATE_POOL in outcome:
             out += [(CANDIDATES, float(n)) for n in outcome[CANDIDATE_POOL]]
         elif step == "postprocess":

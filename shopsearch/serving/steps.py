@@ -19,7 +19,7 @@ from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
 from shopsearch.hybrid import LEXICAL_DIR, RERANKER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
 from shopsearch.index import CatalogIndex
 from shopsearch.results import CatalogLookup, hits_to_arrays
-from shopsearch.serving.step_metrics import CANDIDATE_POOL
+from shopsearch.serving.step_metrics import CANDIDATE_POOL, TOKEN_COUNTS
 from shopsearch.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
 
 Arrays = dict[str, np.ndarray]
@@ -95,7 +95,8 @@ class TokenizerStep:
                     raise InvalidInputError(self.name, QUERY, "batch holds no queries")
                 texts = [self.encoder.decode_query(q, i) for i, q in enumerate(queries)]
                 batch = self.encoder.encode_texts(texts)
-                outcome = {self.ids_name: batch.input_ids, self.mask_name: batch.attention_mask}
+                outcome = {self.ids_name: batch.input_ids, self.mask_name: batch.attention_mask,
+                           TOKEN_COUNTS: batch.attention_mask.sum(axis=1)}
                 if self.emit_text:
                     outcome[QUERY_TEXT] = encode_query_text(texts)
                 outcomes.append(outcome)
