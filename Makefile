@@ -30,10 +30,14 @@ DURATION ?= 60s
 # Instances and dynamic batching per model, written by `make tune`; build-repo applies it when present.
 TUNING ?= tuning/$(TARGET).json
 CONCURRENCY ?= 16
+# Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
+REC_CHECKPOINT ?= artifacts/checkpoints/rec_$(DATA)
+# Search checkpoint whose encoder embeds item titles for the recommender (cold start).
+TITLE_ENCODER ?= artifacts/checkpoints/synthetic
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,11 +65,16 @@ $(LOAD_VENV)/.installed: loadtests/requirements.txt
 
 demo: venv ## the main job: train, build the repository and serve it (DATA=synthetic by default)
 	@test -f $(CHECKPOINT)/encoder.pt || $(MAKE) --no-print-directory train
+	$(if $(filter $(DATA),synthetic),@test -f $(REC_CHECKPOINT)/recommender.pt || $(MAKE) --no-print-directory train-rec)
 	$(MAKE) --no-print-directory build-repo
 	$(MAKE) --no-print-directory serve
 
 train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT)
 	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS)
+
+train-rec: venv ## train the sequential recommender on DATA's interactions into $(REC_CHECKPOINT) (titles embedded by $(TITLE_ENCODER))
+	$(PY) training/train_recommender.py --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(REC_CHECKPOINT) \
+		--search-checkpoint $(TITLE_ENCODER)
 
 train-reranker: venv ## stage 2 only: re-train the hybrid re-ranker on $(CHECKPOINT)'s bi-encoder (recipe needs rerank_holdout)
 	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) --reranker-only
@@ -74,7 +83,7 @@ build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) \
 		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) --threads $(THREADS) $(DATA_ARGS) \
-		$(if $(wildcard $(TUNING)),--tuning $(TUNING))
+		$(if $(wildcard $(TUNING)),--tuning $(TUNING)) $(if $(wildcard $(REC_CHECKPOINT)/recommender.pt),--rec-checkpoint $(REC_CHECKPOINT))
 
 bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP32 / fused / fused+INT8
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
@@ -88,6 +97,15 @@ deploy: venv ## publish $(CHECKPOINT) over DATA's catalog as the next generation
 
 rollback: venv ## serve the previous generation again (still loaded, one ensemble reload)
 	$(BIN)/shopsearch rollback --repo $(REPO) --url $(URL)
+
+recommend: venv ## next items for a history from the running server: make recommend IDS="P000123 P004567" (SIMILAR=1: similar items)
+	$(BIN)/shopsearch recommend --url 127.0.0.1:$(GRPC_PORT) $(if $(SIMILAR),--similar) $(IDS)
+
+eval-rec: venv ## popularity vs transitions vs our recommender (in-process + served) on DATA -> reports/eval_rec/$(DATA)/
+	@test -f $(TITLE_ENCODER)/encoder.pt || $(MAKE) --no-print-directory train DATA=synthetic DATA_DIR=
+	@test -f $(REC_CHECKPOINT)/recommender.pt || $(MAKE) --no-print-directory train-rec
+	$(BIN)/shopsearch evaluate-rec --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --checkpoint $(REC_CHECKPOINT) \
+		--out reports/eval_rec/$(DATA)
 
 query: venv ## search the running server: make query Q="red running shoes"
 	$(BIN)/shopsearch query --url $(URL) "$(Q)"

@@ -19,6 +19,8 @@ from shopsearch.errors import ConfigError
 from shopsearch.export import export_onnx, read_signature
 from shopsearch.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, catalog_popularity
 from shopsearch.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
+from shopsearch.recs.build import build_rec_models
+from shopsearch.recs.model import load_rec_catalog
 from shopsearch.rerank_training import RERANKER_DIR
 from shopsearch.reranker import RERANKER_CARD, export_reranker, load_reranker
 from shopsearch.modeling import CHECKPOINT_WEIGHTS, load_checkpoint
@@ -119,8 +121,10 @@ def _hybrid_artifacts(reranker_dir: Path, dataset: Dataset, work: Path, log) -> 
 
 
 def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
-                     options: BuildOptions = BuildOptions(), log=print, tuning: Tuning | None = None) -> dict:
-    """`tuning` (from `make tune`) sets each model's instances and dynamic batching; None keeps the defaults."""
+                     options: BuildOptions = BuildOptions(), log=print, tuning: Tuning | None = None,
+                     rec_checkpoint: Path | None = None) -> dict:
+    """`tuning` (from `make tune`) sets each model's instances and dynamic batching; None keeps the defaults.
+    `rec_checkpoint`: also lay out the recommendation models and the recommend / similar_items ensembles."""
     if options.target == "gpu" and options.gpu_backend == "tensorrt":
         require_tensorrt()  # stop before any work when the engine cannot be built here
     timings: dict[str, float] = {}
@@ -216,6 +220,18 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
     tok, emb, rank, post = (tuning.apply(c) for c in (tok, emb, rank, post))
     search = wire_ensemble(load_declaration("search"), {c.name: c for c in (tok, emb, rank, post)})
 
+    rec_versions: list[ModelVersion] = []
+    rec_manifest = None
+    if rec_checkpoint is not None:
+        t = time.time()
+        rec_versions, rec_manifest = build_rec_models(rec_checkpoint, work / "rec", batching, options.top_k,
+                                                      options.intra_op_threads, options.target, tuning, provenance, log)
+        same = load_rec_catalog(rec_checkpoint)[0] == [p.product_id for p in dataset.products]
+        rec_manifest["same_catalog_as_search"] = same
+        if not same:
+            log("warning: the recommender was trained over another catalog than the one search serves")
+        timings["recommender_s"] = round(time.time() - t, 2)
+
     manifest = {
         **provenance,
         "target": options.target,
@@ -229,6 +245,7 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
         "artifact_details": {**details, **gpu_details},
         "options": asdict(options),
         "tuning": {"models": tuning.to_json()["models"], "measured_on": tuning.measured.get("machine")},
+        **({"recommender": rec_manifest} if rec_manifest else {}),
     }
     layout_repository(
         out,
@@ -240,6 +257,7 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
                          manifest={**provenance, "embedder_id": embedder_id, "index_checksum": index.checksum(), **ranker_manifest}),
             ModelVersion(post, {CATALOG_FILE: work / "catalog" / CATALOG_FILE}, manifest=provenance),
             ModelVersion(search, manifest=provenance),
+            *rec_versions,
         ],
         manifest,
     )

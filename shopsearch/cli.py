@@ -62,6 +62,8 @@ def cmd_serve(args) -> None:
         for query, hits in zip(queries, client.search(list(queries))):
             print_hits(query, hits[:5])
         client.close()
+        if (repo / "recommend").is_dir():
+            show_recommendations(server.grpc_url)
         print(
             f"\ntritonserver is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
             f"http://{server.host}:{server.metrics_port}/metrics\n"
@@ -76,6 +78,59 @@ def cmd_serve(args) -> None:
     finally:
         server.stop()
         print("tritonserver stopped")
+
+
+def print_recommendation(title: str, rec) -> None:
+    print(f"\n> {title}  [{rec.strategy}]" + (f"  unknown ids ignored: {rec.unknown_ids}" if rec.unknown_ids else ""))
+    for rank, (pid, name, score) in enumerate(zip(rec.product_ids, rec.titles, rec.scores), 1):
+        print(f"  {rank:2d}. {score:8.3f}  {pid:>10}  {name}")
+
+
+def show_recommendations(grpc_url: str) -> None:
+    """One shopper's next items and one product's neighbours, from the served ensembles."""
+    from shopsearch.serving.rec_client import RecClient
+
+    client = RecClient(grpc_url)
+    popular = client.recommend([[]], top_k=2)[0]  # no history: the popularity answer
+    history = popular.product_ids
+    print_recommendation(f"recommend after {history}", client.recommend([history], top_k=5)[0])
+    print_recommendation(f"similar to {history[0]} ({popular.titles[0]})", client.similar_items([history[:1]], top_k=5)[0])
+    client.close()
+
+
+def cmd_recommend(args) -> None:
+    from shopsearch.serving.rec_client import RecClient
+
+    client = RecClient(args.url, args.protocol)
+    if args.similar:
+        rec = client.similar_items([args.ids], top_k=args.top, exclude=[args.exclude])[0]
+        print_recommendation(f"similar to {args.ids}", rec)
+    else:
+        rec = client.recommend([args.ids], top_k=args.top, exclude=[args.exclude])[0]
+        print_recommendation(f"recommend after {args.ids}", rec)
+    client.close()
+
+
+def cmd_evaluate_rec(args) -> None:
+    from shopsearch.recs.build import build_rec_repository
+    from shopsearch.recs.data import load_interactions
+    from shopsearch.recs.report import evaluate_recommenders, markdown, write_report
+    from shopsearch.serving.server import TritonServer
+
+    data = load_interactions(args.data, args.data_dir)
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.url:
+        report = evaluate_recommenders(data, checkpoint, args.url, log=log)
+    else:
+        # The served numbers come from a repository built from this checkpoint, on its own server.
+        repo = out / "model_repository"
+        build_rec_repository(checkpoint, repo, out / "work", log=log)
+        with TritonServer(repo, log_path=out / "tritonserver.log") as server:
+            report = evaluate_recommenders(data, checkpoint, server.grpc_url, log=log)
+    write_report(report, out)
+    print(markdown(report))
+    print(f"written: {out / 'results.md'}, {out / 'results.json'}")
 
 
 def cmd_supervise(args) -> None:
@@ -225,6 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N queries only")
     p.add_argument("--out", default=None, help="directory for report.json, report.md and metrics.png")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="next items for a history (or --similar: neighbours of items) from the served ensembles")
+    p.add_argument("ids", nargs="*", help="product ids, oldest first (none: popularity)")
+    p.add_argument("--similar", action="store_true", help="query similar_items instead of recommend")
+    p.add_argument("--exclude", nargs="*", default=[], help="product ids never to return")
+    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("evaluate-rec", help="HR@10 / NDCG@10: popularity, transitions, our model in-process and served")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--checkpoint", required=True, help="recommender checkpoint")
+    p.add_argument("--url", default=None, help="gRPC address of a server already serving `recommend` for this data")
+    p.add_argument("--out", required=True, help="directory for results.md / results.json (and the repository it serves)")
+    p.set_defaults(func=cmd_evaluate_rec)
 
     p = sub.add_parser("write-data", help="write a dataset in the project's jsonl format")
     p.add_argument("--data", default="synthetic")

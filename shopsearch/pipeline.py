@@ -1,4 +1,4 @@
-"""The search ensemble run in-process: the same steps and artifacts the server loads."""
+"""Ensembles run in-process: the same steps and artifacts the server loads."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ from shopsearch.serving.repository import read_version_params
 from shopsearch.serving.steps import INSTANCE_COUNT, PRODUCT_IDS, QUERY, SCORES, STEP_TYPES, TITLES, TOPK
 
 
+def step_types() -> dict:
+    """Model name -> the step class its model.py adapter runs."""
+    from shopsearch.serving.rec_steps import REC_STEP_TYPES
+    from shopsearch.serving.steps import RankerStep
+
+    return {**STEP_TYPES, **REC_STEP_TYPES, "rec_ranker": RankerStep}
+
+
 class SearchPipeline:
     def __init__(self, steps: list):
         self.steps = steps
@@ -22,9 +30,10 @@ class SearchPipeline:
     def from_repository(cls, repo: Path, ensemble: str = "search", generation: int | None = None) -> "SearchPipeline":
         """The steps the ensemble pins; `generation` picks another deployed generation's versions."""
         ensemble_config = read_config(repo / ensemble)
+        types = step_types()
         steps = []
         for step in ensemble_config.ensemble_scheduling.step:
-            if step.model_name not in STEP_TYPES:
+            if step.model_name not in types:
                 raise ArtifactError(f"{ensemble}: step '{step.model_name}' has no in-process implementation")
             model_dir = repo / step.model_name
             versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
@@ -33,18 +42,24 @@ class SearchPipeline:
             # The same parameters the Python backend hands the step, instance count included.
             params = {**parameters_of(config), INSTANCE_COUNT: str(sum(g.count or 1 for g in config.instance_group) or 1),
                       **read_version_params(model_dir / str(version))}
-            steps.append(STEP_TYPES[step.model_name].from_artifacts(model_dir / str(version), params))
+            steps.append(types[step.model_name].from_artifacts(model_dir / str(version), params))
+            steps[-1].name = step.model_name
         return cls(steps)
 
-    def search(self, queries: Sequence[str | bytes], top_k: int | None = None) -> list[list[Hit]]:
-        state: dict[str, np.ndarray] = {QUERY: np.array([[q] for q in queries], dtype=object)}
-        if top_k is not None:
-            state[TOPK] = np.full((len(queries), 1), top_k, dtype=np.int32)
+    def run(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every step on one request, each reading what the earlier ones produced."""
         for step in self.steps:
             outcome = step.run([state])[0]
             if isinstance(outcome, ShopSearchError):
                 raise outcome
             state.update(outcome)
+        return state
+
+    def search(self, queries: Sequence[str | bytes], top_k: int | None = None) -> list[list[Hit]]:
+        state: dict[str, np.ndarray] = {QUERY: np.array([[q] for q in queries], dtype=object)}
+        if top_k is not None:
+            state[TOPK] = np.full((len(queries), 1), top_k, dtype=np.int32)
+        state = self.run(state)
         return decode_hits(state[PRODUCT_IDS], state[TITLES], state[SCORES])
 
 

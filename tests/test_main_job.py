@@ -25,8 +25,12 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
     out = run("training/train_search.py", "--recipe", "training/recipes/tiny.toml", "--out", str(checkpoint), "--steps", "40")
     assert "dev metrics" in out and (checkpoint / "checkpoint.json").exists()
     assert "re-ranker dev [hybrid]" in out and (checkpoint / "reranker" / "reranker.json").exists()  # stage 2
+    rec_checkpoint = tmp_path / "rec"
+    out = run("training/train_recommender.py", "--data", "synthetic", "--recipe", "training/recipes/rec_tiny.toml",
+              "--out", str(rec_checkpoint), "--search-checkpoint", str(checkpoint))
+    assert "title vectors: 2000 items" in out and (rec_checkpoint / "recommender.json").exists()
     out = run("build/build_repo.py", "--checkpoint", str(checkpoint), "--recipe", "training/recipes/tiny.toml",
-              "--out", str(repo), "--work", str(tmp_path / "work"))
+              "--out", str(repo), "--work", str(tmp_path / "work"), "--rec-checkpoint", str(rec_checkpoint))
     manifest = json.loads((repo / "build_manifest.json").read_text())
     assert manifest["parity"]["onnx_fp32"]["numbers"]["max_abs_diff"] < 1e-4
     assert manifest["served_embedder"] == "onnx_int8" and manifest["parity"]["onnx_int8"]["passed"]
@@ -35,7 +39,11 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
         assert version["checkpoint_sha256"] == manifest["checkpoint_sha256"] and version["code_version"]
     assert manifest["catalog"]["products"] == 2000
     assert manifest["ranker"]["mode"] == "hybrid" and manifest["ranker"]["reranker_export"]["max_abs_diff"] < 1e-4
-    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ["embedder", "postprocess", "ranker", "search", "tokenizer"]
+    recs = manifest["recommender"]
+    assert recs["same_catalog_as_search"] and recs["items"] == 2000 and recs["parity"]["max_abs_diff"] < 1e-4
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == [
+        "embedder", "item_embedding", "item_lookup", "postprocess", "ranker", "rec_postprocess", "rec_ranker",
+        "recommend", "search", "similar_items", "tokenizer", "user_encoder"]
     ports = [str(free_port()) for _ in range(3)]
     out = run("-m", "shopsearch.cli", "serve", "--repo", str(repo), "--http-port", ports[0], "--grpc-port", ports[1],
               "--metrics-port", ports[2], "--log", str(tmp_path / "triton.log"), "--exit-after-ready",
@@ -45,6 +53,7 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
     assert "> red running shoes" in out and "tritonserver is ready" in out and "tritonserver stopped" in out
     first_hit = out.split("> red running shoes", 1)[1].splitlines()[1]
     assert first_hit.strip().startswith("1.")
+    assert "> recommend after" in out and "[model]" in out and "> similar to" in out
 
 
 def test_build_fails_with_a_clear_message_when_the_checkpoint_is_missing(tmp_path):
@@ -58,5 +67,5 @@ def test_build_fails_with_a_clear_message_when_the_checkpoint_is_missing(tmp_pat
 
 def test_make_help_lists_every_target():
     result = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    for target in ("demo", "train", "train-reranker", "build-repo", "serve", "query", "eval", "tune", "bench", "deploy", "rollback", "test"):
+    for target in ("demo", "train", "train-rec", "eval-rec", "recommend", "train-reranker", "build-repo", "serve", "query", "eval", "tune", "bench", "deploy", "rollback", "test"):
         assert f"  {target}" in result.stdout

@@ -40,6 +40,22 @@ def gpu_models(backend):
     return models
 
 
+REC_SIGNATURE = OnnxSignature(inputs=(TensorIO("item_rows", "int64", ("batch", 50)),),
+                              outputs=(TensorIO("user_vector", "float32", ("batch", 64)),))
+
+
+def rec_models():
+    from shopsearch.serving.rec_models import (
+        item_embedding_config, item_lookup_config, rec_postprocess_config, rec_ranker_config, user_encoder_config,
+    )
+
+    lookup = item_lookup_config(REC_SIGNATURE, 256, BATCHING)
+    ranker = rec_ranker_config(REC_SIGNATURE, 356, "0123456789abcdef", BATCHING)
+    models = (lookup, user_encoder_config(REC_SIGNATURE, 16859, 1, BATCHING), item_embedding_config(REC_SIGNATURE, BATCHING),
+              ranker, rec_postprocess_config(ranker, lookup, 10, 100, BATCHING))
+    return {m.name: m for m in models}
+
+
 def all_configs():
     """Every config a build can emit: the CPU target, and the GPU target with either backend."""
     models = search_models()
@@ -54,12 +70,17 @@ def all_configs():
     configs["hybrid/ranker"] = hybrid["ranker"]
     configs["hybrid/tokenizer"] = hybrid["tokenizer"]
     configs["hybrid/search"] = wire_ensemble(load_declaration("search"), hybrid)
+    recs = rec_models()
+    configs.update({f"recs/{name}": config for name, config in recs.items()})
+    for ensemble in ("recommend", "similar_items"):
+        configs[f"recs/{ensemble}"] = wire_ensemble(load_declaration(ensemble), recs)
     return configs
 
 
 GOLDEN_NAMES = ["tokenizer", "embedder", "ranker", "postprocess", "search", "gpu_tensorrt/embedder",
                 "gpu_tensorrt/tokenizer", "gpu_tensorrt/search", "gpu_onnxruntime/embedder", "gpu_onnxruntime/search",
-                "hybrid/ranker", "hybrid/tokenizer", "hybrid/search"]
+                "hybrid/ranker", "hybrid/tokenizer", "hybrid/search", "recs/item_lookup", "recs/user_encoder",
+                "recs/item_embedding", "recs/rec_ranker", "recs/rec_postprocess", "recs/recommend", "recs/similar_items"]
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)

@@ -28,3 +28,20 @@ def test_each_step_reports_what_it_saw(built_repo):
     assert observations("postprocess", [state], [final]) == [(QUERIES, 2.0), (EMPTY, 0.0)]
     no_hits = {**final, "PRODUCT_IDS": np.full_like(final["PRODUCT_IDS"], b"")}
     assert observations("postprocess", [state], [no_hits]) == [(QUERIES, 2.0), (EMPTY, 2.0)]
+
+
+def test_recommendation_steps_report_history_unknown_ids_and_fallbacks(built_repo, tiny_interactions):
+    from shopsearch.serving.rec_client import id_rows
+    from shopsearch.serving.step_metrics import HISTORY_ITEMS, POPULARITY, RECOMMENDATIONS, UNKNOWN
+
+    lookup, encoder, ranker, post = SearchPipeline.from_repository(built_repo, "recommend").steps
+    ids = tiny_interactions.item_ids
+    state = {"HISTORY": id_rows([[ids[1], "nope", ids[2]], ["gone"]])}
+    found = lookup.run([state])[0]
+    assert observations("item_lookup", [state], [found]) == [(HISTORY_ITEMS, 2.0), (HISTORY_ITEMS, 0.0), (UNKNOWN, 2.0)]
+    for step in (encoder, ranker):
+        state.update(found)
+        found = step.run([state])[0]
+    state.update(found)
+    answered = post.run([state])[0]
+    assert observations("rec_postprocess", [state], [answered]) == [(RECOMMENDATIONS, 2.0), (POPULARITY, 1.0)]

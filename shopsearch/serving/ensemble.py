@@ -8,6 +8,7 @@ hand and a renamed tensor fails the build instead of the first request.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ class EnsembleDeclaration:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     max_batch_size: int
+    # ensemble input name -> the step input it feeds, where the two differ (similar_items'
+    # ITEM_IDS feeds item_lookup's HISTORY)
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 def load_declaration(name: str, directory: Path = ENSEMBLE_CONFIG_DIR) -> EnsembleDeclaration:
@@ -36,6 +40,7 @@ def load_declaration(name: str, directory: Path = ENSEMBLE_CONFIG_DIR) -> Ensemb
         return EnsembleDeclaration(
             name=raw["name"], steps=tuple(raw["steps"]), inputs=tuple(raw["inputs"]),
             outputs=tuple(raw["outputs"]), max_batch_size=int(raw["max_batch_size"]),
+            aliases=tuple(sorted(raw.get("aliases", {}).items())),
         )
     except KeyError as exc:
         raise ConfigError(name, str(exc.args[0]), f"missing in {path}") from None
@@ -47,6 +52,7 @@ def wire_ensemble(declaration: EnsembleDeclaration, models: dict[str, ModelConfi
     name = declaration.name
     producers: dict[str, TensorSpec] = {}
     exposed_inputs: dict[str, TensorSpec] = {}
+    exposed_as = {step_input: ensemble_input for ensemble_input, step_input in declaration.aliases}
     steps = []
     for position, model_name in enumerate(declaration.steps):
         if model_name not in models:
@@ -61,8 +67,11 @@ def wire_ensemble(declaration: EnsembleDeclaration, models: dict[str, ModelConfi
                 if (source.dtype, source.dims) != (spec.dtype, spec.dims) and -1 not in spec.dims:
                     raise ConfigError(name, f"{model_name}.{spec.name}",
                                       f"expects {spec.dtype}{list(spec.dims)}, earlier step produces {source.dtype}{list(source.dims)}")
-            elif spec.name in declaration.inputs:
-                exposed_inputs.setdefault(spec.name, spec)
+            elif exposed_as.get(spec.name, spec.name) in declaration.inputs:
+                outer = exposed_as.get(spec.name, spec.name)
+                exposed_inputs.setdefault(outer, dataclasses.replace(spec, name=outer))
+                input_map.append((spec.name, outer))
+                continue
             elif spec.optional:
                 continue
             else:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from shopsearch.errors import InvalidInputError, ShopSearchError
+from shopsearch.serving.rec_steps import REC_STEP_TYPES
 from shopsearch.serving.repository import read_version_params
 from shopsearch.serving.step_metrics import METRIC_SPECS, observations
 from shopsearch.serving.steps import INSTANCE_COUNT, STEP_TYPES
@@ -38,7 +39,8 @@ class TritonStepModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         # A version's own parameters win: after a deploy, two generations share one config.pbtxt.
         params.update(read_version_params(version_dir))
-        self.step = STEP_TYPES[self.step_name].from_artifacts(version_dir, params)
+        self.step = {**STEP_TYPES, **REC_STEP_TYPES}[self.step_name].from_artifacts(version_dir, params)
+        self.step.name = self.model_name  # errors name the model (rec_ranker runs the ranker step)
         self._families, self._metrics = [], {}
         if params.get("custom_metrics", "1") == "1":
             try:

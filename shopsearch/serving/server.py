@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shopsearch.errors import ServerError
+from shopsearch.serving.repository import BUILD_MANIFEST
 
 ADMIN_HEADER = "admin-key"  # the header Triton checks on model-repository calls
 
@@ -149,7 +150,7 @@ class TritonServer:
         install = find_triton()
         if not install.stub_ready():
             raise ServerError(f"Python backend stub missing at {install.stub_target}: run `make venv`")
-        if not (self.repository / "search").is_dir():
+        if not (self.repository / BUILD_MANIFEST).is_file():
             raise ServerError(f"{self.repository} holds no built repository: run `make build-repo`")
         env = dict(os.environ)
         # Python-backend models import from the interpreter that starts the server (the venv).

@@ -38,12 +38,22 @@ CANDIDATES = MetricSpec("shopsearch_ranker_candidates", "histogram", "Candidates
                         (10, 25, 50, 100, 150, 200, 300, 500))
 QUERIES = MetricSpec("shopsearch_queries_total", "counter", "Queries answered with results")
 EMPTY = MetricSpec("shopsearch_empty_results_total", "counter", "Queries answered with no product at all")
+HISTORY_ITEMS = MetricSpec("shopsearch_rec_history_items", "histogram", "Known catalog items per recommendation history",
+                          (0, 1, 2, 5, 10, 20, 50, 100, 500))
+UNKNOWN = MetricSpec("shopsearch_rec_unknown_ids_total", "counter", "Product ids sent that the catalog does not know (ignored)")
+RECOMMENDATIONS = MetricSpec("shopsearch_rec_answers_total", "counter", "Recommendation rows answered")
+POPULARITY = MetricSpec("shopsearch_rec_popularity_fallbacks_total", "counter",
+                        "Recommendation rows answered from popularity (no known history item)")
 
 METRIC_SPECS: dict[str, tuple[MetricSpec, ...]] = {
     "tokenizer": (REJECTED, QUERY_CHARS, QUERY_TOKENS),
     "embedder": (REJECTED,),
     "ranker": (REJECTED, CANDIDATES),
     "postprocess": (REJECTED, QUERIES, EMPTY),
+    "item_lookup": (REJECTED, HISTORY_ITEMS, UNKNOWN),
+    "user_encoder": (REJECTED,),
+    "item_embedding": (REJECTED,),
+    "rec_postprocess": (REJECTED, RECOMMENDATIONS, POPULARITY),
 }
 
 
@@ -67,4 +77,10 @@ def observations(step: str, requests: Sequence[dict[str, np.ndarray]], outcomes:
             ids = outcome["PRODUCT_IDS"]
             empty = int(sum(all((i.decode() if isinstance(i, bytes) else str(i)) == PAD_PRODUCT_ID for i in row) for row in ids))
             out += [(QUERIES, float(len(ids))), (EMPTY, float(empty))]
+        elif step == "item_lookup":
+            out += [(HISTORY_ITEMS, float(n)) for n in outcome["KNOWN_ITEMS"].reshape(-1)]
+            out.append((UNKNOWN, float(sum(1 for row in outcome["UNKNOWN_IDS"] for i in row if i))))
+        elif step == "rec_postprocess":
+            strategies = outcome["STRATEGY"].reshape(-1)
+            out += [(RECOMMENDATIONS, float(len(strategies))), (POPULARITY, float(sum(s == b"popularity" for s in strategies)))]
     return [(spec, value) for spec, value in out if spec in METRIC_SPECS.get(step, ())]

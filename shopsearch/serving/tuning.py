@@ -23,7 +23,7 @@ from shopsearch.serving.model_config import CONFIG_FILE, DynamicBatching, ModelC
 TUNED_MODELS = ("tokenizer", "embedder", "ranker", "postprocess")
 # Models that read raw client bytes execute one request at a time (see search_models.tokenizer_config):
 # tuning may change their instance count, never their batching.
-REQUEST_ISOLATED = ("tokenizer",)
+REQUEST_ISOLATED = ("tokenizer", "item_lookup")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""Recommender checkpoint -> verified user encoder + item index -> the recommendation models and
+ensembles of a Triton repository (laid out by `layout_repository`, with or without search)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shopsearch.errors import ConfigError
+from shopsearch.export import read_signature
+from shopsearch.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
+from shopsearch.recs.export import check_user_encoder, export_user_encoder
+from shopsearch.recs.model import REC_WEIGHTS, load_rec_catalog, load_recommender
+from shopsearch.results import CATALOG_FILE, CatalogLookup
+from shopsearch.serving.ensemble import load_declaration, wire_ensemble
+from shopsearch.serving.model_config import DynamicBatching
+from shopsearch.serving.rec_models import (
+    item_embedding_config, item_lookup_config, rec_postprocess_config, rec_ranker_config, user_encoder_config,
+    user_encoder_gpu_config,
+)
+from shopsearch.serving.rec_steps import POPULARITY_FILE, USER_ENCODER_FILE
+from shopsearch.serving.repository import ModelVersion
+
+MAX_K = 100  # the most products one request may ask for (TOPK)
+MAX_SEEN = 256  # history + EXCLUDE rows a response leaves out
+REC_ENSEMBLES = ("recommend", "similar_items")
+
+
+def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, top_k: int = 10, threads: int = 0,
+                     target: str = "cpu", tuning=None, provenance: dict | None = None, log=print) -> tuple[list[ModelVersion], dict]:
+    """The five recommendation models and two ensembles, each artifact checked before it is laid out."""
+    from shopsearch.build import file_sha256
+
+    started = time.time()
+    model, card = load_recommender(checkpoint)
+    item_ids, titles, counts, probes = load_rec_catalog(checkpoint)
+    if len(item_ids) != model.config.n_items:
+        raise ConfigError("user_encoder", "n_items", f"checkpoint catalog has {len(item_ids)} items, the model {model.config.n_items}")
+    if not 1 <= top_k <= MAX_K:
+        raise ConfigError("rec_postprocess", "top_k", f"must be between 1 and {MAX_K}")
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_user_encoder(model, work / "user_encoder" / USER_ENCODER_FILE)
+    signature = read_signature(onnx_path)
+    vectors = model.catalog_vectors()
+    parity = check_user_encoder(model, onnx_path, probes or [[0]], vectors)
+    log(f"user_encoder parity: max abs diff {parity['max_abs_diff']:.2e}, top-10 overlap {parity['top10_overlap']:.4f}")
+    encoder_id = file_sha256(onnx_path)
+    index = CatalogIndex(vectors, encoder_id)
+    index.save(work / "rec_index")
+    CatalogLookup(item_ids, titles).save(work / "rec_catalog")
+    (work / "rec_catalog" / POPULARITY_FILE).write_text(json.dumps({"counts": [int(c) for c in counts]}))
+
+    lookup = item_lookup_config(signature, MAX_SEEN, batching)
+    encoder = (user_encoder_config(signature, len(item_ids), threads, batching) if target == "cpu"
+               else user_encoder_gpu_config(signature, batching))
+    embedding = item_embedding_config(signature, batching)
+    ranker = rec_ranker_config(signature, min(MAX_K + MAX_SEEN, len(index)), encoder_id, batching)
+    post = rec_postprocess_config(ranker, lookup, top_k, min(MAX_K, len(index)), batching)
+    if tuning is not None:
+        lookup, encoder, embedding, ranker, post = (tuning.apply(c) for c in (lookup, encoder, embedding, ranker, post))
+    models = {c.name: c for c in (lookup, encoder, embedding, ranker, post)}
+    ensembles = [wire_ensemble(load_declaration(name), models) for name in REC_ENSEMBLES]
+
+    provenance = dict(provenance or {})
+    provenance["recommender_sha256"] = file_sha256(checkpoint / REC_WEIGHTS)
+    catalog_files = {CATALOG_FILE: work / "rec_catalog" / CATALOG_FILE}
+    index_files = {INDEX_VECTORS: work / "rec_index" / INDEX_VECTORS, INDEX_MANIFEST: work / "rec_index" / INDEX_MANIFEST}
+    versions = [
+        ModelVersion(lookup, catalog_files, manifest=provenance),
+        ModelVersion(encoder, {USER_ENCODER_FILE: onnx_path}, manifest={**provenance, "encoder_id": encoder_id, "parity": parity}),
+        ModelVersion(embedding, {INDEX_VECTORS: work / "rec_index" / INDEX_VECTORS}, manifest={**provenance, "index_checksum": index.checksum()}),
+        ModelVersion(ranker, index_files, manifest={**provenance, "encoder_id": encoder_id, "index_checksum": index.checksum()}),
+        ModelVersion(post, {**catalog_files, POPULARITY_FILE: work / "rec_catalog" / POPULARITY_FILE}, manifest=provenance),
+        *(ModelVersion(e, manifest=provenance) for e in ensembles),
+    ]
+    manifest = {
+        "checkpoint": str(checkpoint),
+        "dataset": card.get("dataset", {}),
+        "model_config": card.get("config", {}),
+        "title_vectors": card.get("title_vectors"),
+        "encoder_id": encoder_id,
+        "index_checksum": index.checksum(),
+        "items": len(item_ids),
+        "parity": parity,
+        "seconds": round(time.time() - started, 2),
+        **{k: v for k, v in provenance.items() if k == "recommender_sha256"},
+    }
+    log(f"recommender: {len(item_ids)} items x {index.dim} dims, ensembles {', '.join(REC_ENSEMBLES)}")
+    return versions, manifest
+
+
+def build_rec_repository(checkpoint: Path, out: Path, work: Path, top_k: int = 10, threads: int = 0,
+                         batching: DynamicBatching | None = None, log=print) -> dict:
+    """A repository with the recommendation models only (e.g. a catalog search is not built for)."""
+    from shopsearch.build import BuildOptions
+    from shopsearch.serving.repository import layout_repository
+    from shopsearch.training import git_revision
+
+    options = BuildOptions()
+    batching = batching or DynamicBatching(max_queue_delay_us=options.max_queue_delay_us,
+                                           max_queue_size=options.max_queue_size, queue_timeout_us=options.queue_timeout_us)
+    provenance = {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code_version": git_revision()}
+    versions, manifest = build_rec_models(checkpoint, work, batching, top_k, threads, provenance=provenance, log=log)
+    full = {**provenance, "recommender": manifest, "options": {"top_k": top_k, "intra_op_threads": threads}}
+    layout_repository(out, versions, full)
+    return full

@@ -1,0 +1,74 @@
+"""Typed configs of the recommendation models, derived from the exported user encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from shopsearch.export import OnnxSignature
+from shopsearch.serving.model_config import DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorSpec
+from shopsearch.serving.rec_steps import EXCLUDE, HISTORY, KNOWN_ITEMS, SEEN_ITEMS, STRATEGY, UNKNOWN_IDS
+from shopsearch.serving.search_models import ISOLATED_BATCH_SIZES, MAX_BATCH_SIZE, _spec, postprocess_config, ranker_config
+from shopsearch.serving.steps import TOPK
+
+
+def item_lookup_config(encoder: OnnxSignature, max_seen: int, batching: DynamicBatching) -> PythonModelConfig:
+    """Reads the client's BYTES ids: like the tokenizer, one request per execution, so malformed
+    string framing fails only its sender (Triton's Python backend fails a whole execution)."""
+    items = _spec(encoder.inputs[0])
+    batching = dataclasses.replace(batching, preferred_batch_sizes=ISOLATED_BATCH_SIZES, max_queue_delay_us=0,
+                                   max_queue_size=0, queue_timeout_us=0)
+    return PythonModelConfig(
+        name="item_lookup",
+        inputs=(TensorSpec(HISTORY, "object", (-1,)), TensorSpec(EXCLUDE, "object", (-1,), optional=True)),
+        outputs=(items, TensorSpec(SEEN_ITEMS, "int64", (max_seen,)), TensorSpec(KNOWN_ITEMS, "int32", (1,)),
+                 TensorSpec(UNKNOWN_IDS, "object", (-1,))),
+        max_batch_size=MAX_BATCH_SIZE,
+        dynamic_batching=batching,
+        parameters=(("items_output", items.name), ("window", str(items.dims[0])), ("max_seen", str(max_seen))),
+    )
+
+
+def user_encoder_config(encoder: OnnxSignature, n_items: int, threads: int, batching: DynamicBatching) -> PythonModelConfig:
+    return PythonModelConfig(
+        name="user_encoder",
+        inputs=tuple(_spec(i) for i in encoder.inputs),
+        outputs=tuple(_spec(o) for o in encoder.outputs),
+        max_batch_size=MAX_BATCH_SIZE,
+        dynamic_batching=batching,
+        parameters=(("n_items", str(n_items)), ("intra_op_threads", str(threads))),
+    )
+
+
+def user_encoder_gpu_config(encoder: OnnxSignature, batching: DynamicBatching) -> OnnxRuntimeModelConfig:
+    """The user encoder for NVIDIA's Triton container: ONNX Runtime on the GPU."""
+    return OnnxRuntimeModelConfig(
+        name="user_encoder", inputs=tuple(_spec(i) for i in encoder.inputs), outputs=tuple(_spec(o) for o in encoder.outputs),
+        max_batch_size=MAX_BATCH_SIZE, instance_kind="KIND_GPU", dynamic_batching=batching,
+    )
+
+
+def item_embedding_config(encoder: OnnxSignature, batching: DynamicBatching) -> PythonModelConfig:
+    """Same input and output tensors as the user encoder: similar_items swaps one for the other."""
+    items, vector = _spec(encoder.inputs[0]), _spec(encoder.outputs[0])
+    return PythonModelConfig(
+        name="item_embedding", inputs=(items,), outputs=(vector,), max_batch_size=MAX_BATCH_SIZE, dynamic_batching=batching,
+        parameters=(("items_input", items.name), ("vector_output", vector.name), ("window", str(items.dims[0]))),
+    )
+
+
+def rec_ranker_config(encoder: OnnxSignature, n_candidates: int, encoder_id: str, batching: DynamicBatching) -> PythonModelConfig:
+    """The search ranker's machinery (exact inner product over an index) over the item table."""
+    return dataclasses.replace(ranker_config(_spec(encoder.outputs[0]), n_candidates, encoder_id, batching), name="rec_ranker")
+
+
+def rec_postprocess_config(ranker: PythonModelConfig, lookup: PythonModelConfig, top_k: int, max_k: int,
+                           batching: DynamicBatching) -> PythonModelConfig:
+    search_post = postprocess_config(ranker, top_k, batching)
+    seen, known = (next(o for o in lookup.outputs if o.name == n) for n in (SEEN_ITEMS, KNOWN_ITEMS))
+    return dataclasses.replace(
+        search_post,
+        name="rec_postprocess",
+        inputs=ranker.outputs + (seen, known, TensorSpec(TOPK, "int32", (1,), optional=True)),
+        outputs=search_post.outputs + (TensorSpec(STRATEGY, "object", (1,)),),
+        parameters=(("top_k", str(top_k)), ("max_k", str(max_k))),
+    )
