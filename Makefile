@@ -69,8 +69,8 @@ demo: venv ## the main job: train, build the repository and serve it (DATA=synth
 	$(MAKE) --no-print-directory build-repo
 	$(MAKE) --no-print-directory serve
 
-train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT)
-	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS)
+train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT) (RESUME=1: continue an interrupted run exactly)
+	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) $(if $(RESUME),--resume)
 
 train-rec: venv ## train the sequential recommender on DATA's interactions into $(REC_CHECKPOINT) (titles embedded by $(TITLE_ENCODER))
 	$(PY) training/train_recommender.py --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(REC_CHECKPOINT) \

@@ -225,7 +225,8 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
     if rec_checkpoint is not None:
         t = time.time()
         rec_versions, rec_manifest = build_rec_models(rec_checkpoint, work / "rec", batching, options.top_k,
-                                                      options.intra_op_threads, options.target, tuning, provenance, log)
+                                                      options.intra_op_threads, options.target, tuning, provenance, log,
+                                                      gpu_backend=options.gpu_backend)
         same = load_rec_catalog(rec_checkpoint)[0] == [p.product_id for p in dataset.products]
         rec_manifest["same_catalog_as_search"] = same
         if not same:

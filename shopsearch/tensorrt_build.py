@@ -49,6 +49,21 @@ class ShapeProfile:
         return {name: dims for name in INPUT_NAMES}  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class FixedWidthProfile:
+    """A profile for a graph with one [batch, width] input of fixed width (the user encoder's
+    item window): only the batch varies."""
+
+    name: str
+    why: str
+    input_name: str
+    width: int
+    batch: tuple[int, int, int]  # min, opt, max
+
+    def shapes(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        return {self.input_name: tuple((b, self.width) for b in self.batch)}
+
+
 def token_length_stats(encoder: TextEncoder, queries: list[str]) -> dict[str, int]:
     lengths = np.array([int(m.sum()) for m in encoder.encode_texts(queries).attention_mask])
     return {"p50": int(np.percentile(lengths, 50)), "p95": int(np.percentile(lengths, 95)),

@@ -88,3 +88,28 @@ def test_tensorrt_engine_builds_and_passes_its_parity_gate(tiny_checkpoint, tiny
     assert report["parity"]["trt_fp16"]["passed"]
     assert (repo / "embedder" / "1" / "model.plan").exists()
     assert (repo / "embedder" / "1" / "build_command.txt").read_text().startswith("polygraphy convert")
+
+
+def test_gpu_onnxruntime_build_serves_the_user_encoder_natively(tiny_checkpoint, tiny_rec_checkpoint, tiny_dataset, tmp_path):
+    repo = tmp_path / "repo"
+    build_repository(tiny_checkpoint, tiny_dataset, repo, tmp_path / "work",
+                     BuildOptions(target="gpu", gpu_backend="onnxruntime", parity_queries=50), log=lambda m: None,
+                     rec_checkpoint=tiny_rec_checkpoint)
+    encoder = read_config(repo / "user_encoder")
+    assert encoder.platform == "onnxruntime_onnx" and encoder.instance_group[0].kind == encoder.instance_group[0].KIND_GPU
+    assert (repo / "user_encoder" / "1" / "model.onnx").exists() and not (repo / "user_encoder" / "1" / "model.py").exists()
+    # The ensemble feeds it the tensor its graph declares.
+    step = read_config(repo / "recommend").ensemble_scheduling.step[1]
+    assert step.model_name == "user_encoder" and list(step.input_map) == [encoder.input[0].name]
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_user_encoder_engine_builds_and_passes_its_parity_gate(tiny_checkpoint, tiny_rec_checkpoint, tiny_dataset, tmp_path):
+    repo = tmp_path / "repo"
+    report = build_repository(tiny_checkpoint, tiny_dataset, repo, tmp_path / "work",
+                              BuildOptions(target="gpu", gpu_backend="tensorrt", parity_queries=50), log=lambda m: None,
+                              rec_checkpoint=tiny_rec_checkpoint)
+    assert report["recommender"]["parity"]["trt_fp16"]["top10_overlap"] >= 0.9
+    assert read_config(repo / "user_encoder").platform == "tensorrt_plan"
+    assert (repo / "user_encoder" / "1" / "model.plan").exists()

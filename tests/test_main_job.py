@@ -40,7 +40,7 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
     assert manifest["catalog"]["products"] == 2000
     assert manifest["ranker"]["mode"] == "hybrid" and manifest["ranker"]["reranker_export"]["max_abs_diff"] < 1e-4
     recs = manifest["recommender"]
-    assert recs["same_catalog_as_search"] and recs["items"] == 2000 and recs["parity"]["max_abs_diff"] < 1e-4
+    assert recs["same_catalog_as_search"] and recs["items"] == 2000 and recs["parity"]["onnx_fp32"]["max_abs_diff"] < 1e-4
     assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == [
         "embedder", "item_embedding", "item_lookup", "postprocess", "ranker", "rec_postprocess", "rec_ranker",
         "recommend", "search", "similar_items", "tokenizer", "user_encoder"]

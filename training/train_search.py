@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="dataset name; overrides the recipe's")
     parser.add_argument("--data-dir", help="where a real dataset lives (e.g. ../shared/data/homedepot)")
     parser.add_argument("--steps", type=int, help="override the recipe's step count")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast during training")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast during training (CPU or CUDA)")
+    parser.add_argument("--fp16", action="store_true", help="fp16 autocast + gradient scaling (CUDA)")
+    parser.add_argument("--save-every", type=int, help="steps between resumable training states in --out")
+    parser.add_argument("--resume", action="store_true", help="continue from the last state in --out (exactly)")
     parser.add_argument("--tokenizer", type=Path, help="reuse this tokenizer.json instead of training one")
     parser.add_argument("--reranker-only", action="store_true", help="keep the checkpoint's bi-encoder, train stage 2 only")
     args = parser.parse_args(argv)
@@ -33,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe)
         dataset = recipe.dataset(args.data, args.data_dir)
         print(f"dataset {dataset.name}: {json.dumps(dataset.stats())}", flush=True)
-        config = recipe.train_config(steps=args.steps, amp_bf16=args.bf16 or None)
+        config = recipe.train_config(steps=args.steps, amp_bf16=args.bf16 or None, amp_fp16=args.fp16 or None,
+                                     save_every=args.save_every)
         log = lambda m: print(m, flush=True)  # noqa: E731
         if not args.reranker_only:
-            train_biencoder(dataset, config, args.out, log=log, tokenizer_file=args.tokenizer)
+            train_biencoder(dataset, config, args.out, log=log, tokenizer_file=args.tokenizer, resume=args.resume)
         if int(os.environ.get("RANK", "0")) != 0:
             return 0  # data-parallel ranks > 0: rank 0 wrote the checkpoint and runs stage 2
         if config.rerank_holdout or args.reranker_only:

@@ -23,6 +23,7 @@ from shopsearch.serving.rec_models import (
 )
 from shopsearch.serving.rec_steps import POPULARITY_FILE, USER_ENCODER_FILE
 from shopsearch.serving.repository import ModelVersion
+from shopsearch.tensorrt_build import BUILD_COMMAND_FILE, ENGINE_FILE, PROFILES_FILE
 
 MAX_K = 100  # the most products one request may ask for (TOPK)
 MAX_SEEN = 256  # history + EXCLUDE rows a response leaves out
@@ -30,8 +31,11 @@ REC_ENSEMBLES = ("recommend", "similar_items")
 
 
 def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, top_k: int = 10, threads: int = 0,
-                     target: str = "cpu", tuning=None, provenance: dict | None = None, log=print) -> tuple[list[ModelVersion], dict]:
-    """The five recommendation models and two ensembles, each artifact checked before it is laid out."""
+                     target: str = "cpu", tuning=None, provenance: dict | None = None, log=print,
+                     gpu_backend: str = "onnxruntime") -> tuple[list[ModelVersion], dict]:
+    """The five recommendation models and two ensembles, each artifact checked before it is laid out.
+    TARGET=gpu: the user encoder runs natively on the GPU (a TensorRT FP16 engine, or ONNX Runtime);
+    the other models stay Python."""
     from shopsearch.build import file_sha256
 
     started = time.time()
@@ -45,17 +49,28 @@ def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, to
     onnx_path = export_user_encoder(model, work / "user_encoder" / USER_ENCODER_FILE)
     signature = read_signature(onnx_path)
     vectors = model.catalog_vectors()
-    parity = check_user_encoder(model, onnx_path, probes or [[0]], vectors)
-    log(f"user_encoder parity: max abs diff {parity['max_abs_diff']:.2e}, top-10 overlap {parity['top10_overlap']:.4f}")
+    onnx_parity = check_user_encoder(model, onnx_path, probes or [[0]], vectors)
+    parity = {"onnx_fp32": onnx_parity}
+    log(f"user_encoder parity: max abs diff {onnx_parity['max_abs_diff']:.2e}, top-10 overlap {onnx_parity['top10_overlap']:.4f}")
     encoder_id = file_sha256(onnx_path)
     index = CatalogIndex(vectors, encoder_id)
     index.save(work / "rec_index")
     CatalogLookup(item_ids, titles).save(work / "rec_catalog")
     (work / "rec_catalog" / POPULARITY_FILE).write_text(json.dumps({"counts": [int(c) for c in counts]}))
 
+    encoder_files: dict[str, Path] = {USER_ENCODER_FILE: onnx_path}
     lookup = item_lookup_config(signature, MAX_SEEN, batching)
-    encoder = (user_encoder_config(signature, len(item_ids), threads, batching) if target == "cpu"
-               else user_encoder_gpu_config(signature, batching))
+    if target == "cpu":
+        encoder = user_encoder_config(signature, len(item_ids), threads, batching)
+    elif gpu_backend == "tensorrt":
+        engine, trt_parity = _user_encoder_engine(model, onnx_path, probes or [[0]], vectors, work)
+        parity["trt_fp16"] = trt_parity
+        log(f"user_encoder TensorRT FP16 parity: max abs diff {trt_parity['max_abs_diff']:.2e}")
+        encoder = user_encoder_gpu_config(signature, batching, "tensorrt")
+        encoder_files = {ENGINE_FILE: engine, BUILD_COMMAND_FILE: engine.parent / BUILD_COMMAND_FILE,
+                         PROFILES_FILE: engine.parent / PROFILES_FILE}
+    else:
+        encoder = user_encoder_gpu_config(signature, batching)
     embedding = item_embedding_config(signature, batching)
     ranker = rec_ranker_config(signature, min(MAX_K + MAX_SEEN, len(index)), encoder_id, batching)
     post = rec_postprocess_config(ranker, lookup, top_k, min(MAX_K, len(index)), batching)
@@ -70,7 +85,7 @@ def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, to
     index_files = {INDEX_VECTORS: work / "rec_index" / INDEX_VECTORS, INDEX_MANIFEST: work / "rec_index" / INDEX_MANIFEST}
     versions = [
         ModelVersion(lookup, catalog_files, manifest=provenance),
-        ModelVersion(encoder, {USER_ENCODER_FILE: onnx_path}, manifest={**provenance, "encoder_id": encoder_id, "parity": parity}),
+        ModelVersion(encoder, encoder_files, manifest={**provenance, "encoder_id": encoder_id, "parity": parity}),
         ModelVersion(embedding, {INDEX_VECTORS: work / "rec_index" / INDEX_VECTORS}, manifest={**provenance, "index_checksum": index.checksum()}),
         ModelVersion(ranker, index_files, manifest={**provenance, "encoder_id": encoder_id, "index_checksum": index.checksum()}),
         ModelVersion(post, {**catalog_files, POPULARITY_FILE: work / "rec_catalog" / POPULARITY_FILE}, manifest=provenance),
@@ -90,6 +105,19 @@ def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, to
     }
     log(f"recommender: {len(item_ids)} items x {index.dim} dims, ensembles {', '.join(REC_ENSEMBLES)}")
     return versions, manifest
+
+
+def _user_encoder_engine(model, onnx_path: Path, probes: list[list[int]], vectors, work: Path):
+    """A TensorRT FP16 engine of the exported user encoder (one profile: the batcher's batches of the
+    fixed item window), gated against PyTorch like the ONNX graph."""
+    from shopsearch.recs.export import ITEMS_INPUT, trt_engine_runner
+    from shopsearch.serving.search_models import MAX_BATCH_SIZE
+    from shopsearch.tensorrt_build import FixedWidthProfile, build_engine
+
+    profile = FixedWidthProfile("batched", "dynamic batches of recommendation requests; the item window is fixed",
+                                ITEMS_INPUT, model.config.max_length, (1, 32, MAX_BATCH_SIZE))
+    engine = build_engine(onnx_path, work / "user_encoder_engine", (profile,), fp16=True)
+    return engine, check_user_encoder(model, onnx_path, probes, vectors, "trt_fp16", trt_engine_runner(engine))
 
 
 def build_rec_repository(checkpoint: Path, out: Path, work: Path, top_k: int = 10, threads: int = 0,

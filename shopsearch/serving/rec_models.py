@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from shopsearch.export import OnnxSignature
-from shopsearch.serving.model_config import DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorSpec
+from shopsearch.serving.model_config import (
+    DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorRTModelConfig, TensorSpec,
+)
 from shopsearch.serving.rec_steps import EXCLUDE, HISTORY, KNOWN_ITEMS, SEEN_ITEMS, STRATEGY, UNKNOWN_IDS
 from shopsearch.serving.search_models import ISOLATED_BATCH_SIZES, MAX_BATCH_SIZE, _spec, postprocess_config, ranker_config
 from shopsearch.serving.steps import TOPK
@@ -39,12 +41,14 @@ def user_encoder_config(encoder: OnnxSignature, n_items: int, threads: int, batc
     )
 
 
-def user_encoder_gpu_config(encoder: OnnxSignature, batching: DynamicBatching) -> OnnxRuntimeModelConfig:
-    """The user encoder for NVIDIA's Triton container: ONNX Runtime on the GPU."""
-    return OnnxRuntimeModelConfig(
-        name="user_encoder", inputs=tuple(_spec(i) for i in encoder.inputs), outputs=tuple(_spec(o) for o in encoder.outputs),
-        max_batch_size=MAX_BATCH_SIZE, instance_kind="KIND_GPU", dynamic_batching=batching,
-    )
+def user_encoder_gpu_config(encoder: OnnxSignature, batching: DynamicBatching, backend: str = "onnxruntime"):
+    """The user encoder for NVIDIA's Triton container: a TensorRT engine or ONNX Runtime on the GPU."""
+    common = dict(name="user_encoder", inputs=tuple(_spec(i) for i in encoder.inputs),
+                  outputs=tuple(_spec(o) for o in encoder.outputs), max_batch_size=MAX_BATCH_SIZE,
+                  instance_kind="KIND_GPU", dynamic_batching=batching)
+    if backend == "tensorrt":
+        return TensorRTModelConfig(**common)
+    return OnnxRuntimeModelConfig(**common)
 
 
 def item_embedding_config(encoder: OnnxSignature, batching: DynamicBatching) -> PythonModelConfig:
