@@ -21,7 +21,7 @@ from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
 from shopsearch.index import INDEX_VECTORS
 from shopsearch.results import CatalogLookup
 from shopsearch.serving.steps import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, SCORES, TITLES, TOPK, Arrays, Outcome, _param, intra_op_threads,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, SCORES, TITLES, Arrays, Outcome, _param, intra_op_threads, requested_k,
 )
 
 HISTORY = "HISTORY"
@@ -208,15 +208,7 @@ class RecPostprocessStep:
         return cls(catalog, popularity, int(_param(params, cls.name, "top_k")), int(_param(params, cls.name, "max_k")))
 
     def requested_k(self, arrays: Arrays) -> int:
-        if TOPK not in arrays:
-            return self.top_k
-        values = np.unique(arrays[TOPK].reshape(-1))
-        if values.size != 1:
-            raise InvalidInputError(self.name, TOPK, "must hold one value for every row of a request")
-        k = int(values[0])
-        if not 1 <= k <= self.max_k:
-            raise InvalidInputError(self.name, TOPK, f"must be between 1 and {self.max_k}, got {k}")
-        return k
+        return requested_k(arrays, self.top_k, self.max_k, self.name)
 
     def rank_row(self, indices: np.ndarray, scores: np.ndarray, seen: np.ndarray, known: int, k: int) -> tuple[list[int], list[float], str]:
         leave_out = set(seen[seen >= 0].tolist())

@@ -73,6 +73,19 @@ def decode_query_text(rows: np.ndarray) -> list[str]:
     return [bytes(row).rstrip(b"\x00").decode("utf-8", errors="replace") for row in rows]
 
 
+def requested_k(arrays: Arrays, default: int, max_k: int, model: str) -> int:
+    """The optional TOPK input: one value per request, 1..max_k; `default` when absent."""
+    if TOPK not in arrays:
+        return default
+    values = np.unique(arrays[TOPK].reshape(-1))
+    if values.size != 1:
+        raise InvalidInputError(model, TOPK, "must hold one value for every row of a request")
+    k = int(values[0])
+    if not 1 <= k <= max_k:
+        raise InvalidInputError(model, TOPK, f"must be between 1 and {max_k}, got {k}")
+    return k
+
+
 class TokenizerStep:
     name = "tokenizer"
 
@@ -218,15 +231,7 @@ class PostprocessStep:
         return cls(CatalogLookup.load(version_dir), int(_param(params, cls.name, "top_k")), int(_param(params, cls.name, "max_k")))
 
     def requested_k(self, arrays: Arrays) -> int:
-        if TOPK not in arrays:
-            return self.top_k
-        values = np.unique(arrays[TOPK].reshape(-1))
-        if values.size != 1:
-            raise InvalidInputError(self.name, TOPK, "must hold one value for every query of a request")
-        k = int(values[0])
-        if not 1 <= k <= self.max_k:
-            raise InvalidInputError(self.name, TOPK, f"must be between 1 and {self.max_k}, got {k}")
-        return k
+        return requested_k(arrays, self.top_k, self.max_k, self.name)
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
         outcomes: list[Outcome] = []
