@@ -39,7 +39,11 @@ def test_overload_is_refused_fast_and_answered_requests_stay_bounded(triton_serv
 
     assert len(bounded.accepted_ms) + bounded.rejected == BURST
     assert bounded.rejected > 0 and set(bounded.errors) <= REFUSALS, bounded.errors
-    assert bounded.percentile("rejected", 50) < bounded.percentile("accepted", 50)
+    # Refused at queue entry ("Exceeds maximum queue size"), not after waiting out a queue timeout.
+    # (Not "faster than the answered ones": a refused request first waits in the tokenizer's queue,
+    # which has no policy, so that comparison swings with how the burst lands: seen both ways.)
+    first_timeout_ms = min(p.default_timeout_microseconds for p in policies) / 1000
+    assert bounded.percentile("rejected", 99) < first_timeout_ms
     assert bounded.percentile("accepted", 99) < bound_ms
     assert unbounded.rejected == 0
     assert bounded.percentile("accepted", 99) < unbounded.percentile("accepted", 99)
