@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from shopsearch.errors import ConfigError
 from shopsearch.export import read_signature
