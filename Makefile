@@ -30,6 +30,8 @@ DURATION ?= 60s
 # Instances and dynamic batching per model, written by `make tune`; build-repo applies it when present.
 TUNING ?= tuning/$(TARGET).json
 CONCURRENCY ?= 16
+# make eval: training variants measured beside the served ensemble, e.g. ABLATION="base=artifacts/checkpoints/a kd=artifacts/checkpoints/b"
+ABLATION ?=
 # Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
 REC_CHECKPOINT ?= artifacts/checkpoints/rec_$(DATA)
 # Search checkpoint whose encoder embeds item titles for the recommender (cold start).
@@ -69,8 +71,9 @@ demo: venv ## the main job: train, build the repository and serve it (DATA=synth
 	$(MAKE) --no-print-directory build-repo
 	$(MAKE) --no-print-directory serve
 
-train: venv ## train tokenizer + bi-encoder from $(RECIPE) into $(CHECKPOINT) (RESUME=1: continue an interrupted run exactly)
-	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) $(if $(RESUME),--resume)
+train: venv ## train tokenizer + bi-encoder (+ distillation, re-ranker) from $(RECIPE) into $(CHECKPOINT) (RESUME=1: continue exactly; TOKENIZER=file; DISTILL_ONLY=1)
+	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) $(if $(RESUME),--resume) \
+		$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(DISTILL_ONLY),--distill-only)
 
 train-rec: venv ## train the sequential recommender on DATA's interactions into $(REC_CHECKPOINT) (titles embedded by $(TITLE_ENCODER))
 	$(PY) training/train_recommender.py --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(REC_CHECKPOINT) \
@@ -110,9 +113,9 @@ eval-rec: venv ## popularity vs transitions vs our recommender (in-process + ser
 query: venv ## search the running server: make query Q="red running shoes"
 	$(BIN)/shopsearch query --url $(URL) "$(Q)"
 
-eval: venv ## served ensemble (own server, or URL=...) vs in-process vs BM25 on the dev split -> reports/eval/$(DATA)/
+eval: venv ## served ensemble (own server, or URL=...) vs in-process vs BM25 on the dev split -> reports/eval/$(DATA)/ (ABLATION="label=checkpoint ...": training variants in the same run)
 	$(BIN)/shopsearch evaluate --repo $(REPO) $(DATA_ARGS) $(if $(filter command line,$(origin URL)),--url $(URL),--serve) \
-		--out reports/eval/$(DATA)
+		$(foreach a,$(ABLATION),--ablation $(a)) --out reports/eval/$(DATA)
 
 evaluate: eval ## alias of eval
 

@@ -159,8 +159,14 @@ def cmd_evaluate(args) -> None:
     from shopsearch.evaluation import report_markdown, write_report, evaluate_repository
 
     dataset = load_dataset(args.data, args.data_dir)
+    ablation = {}
+    for item in args.ablation:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"error: --ablation takes LABEL=CHECKPOINT_DIR, got '{item}'")
+        ablation[label] = Path(path)
     report = evaluate_repository(Path(args.repo), dataset, args.split, served_url=args.url, limit=args.limit,
-                                 serve=args.serve and not args.url, bm25=not args.no_bm25)
+                                 serve=args.serve and not args.url, bm25=not args.no_bm25, ablation=ablation)
     print(report_markdown(report))
     if args.out:
         paths = write_report(report, Path(args.out))
@@ -279,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N queries only")
     p.add_argument("--out", default=None, help="directory for report.json, report.md and metrics.png")
+    p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT_DIR",
+                   help="also measure this training variant on the same queries (repeatable; ablation.png)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", help="next items for a history (or --similar: neighbours of items) from the served ensembles")

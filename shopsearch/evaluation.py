@@ -4,10 +4,15 @@ Systems: `served` (the `search` ensemble through tritonclient, on a server this 
 given URL), `in_process` (the same steps and artifacts in this process) and `bm25` (bm25s over the
 same catalog text). Metrics come from pytrec_eval over each system's first 100 products from the
 full catalog, unjudged products irrelevant.
+
+`ablation`: training variants (checkpoints) measured in the same run on the same queries, each as
+dense alone, reciprocal rank fusion with BM25 and (when it has one) its learned re-ranker, with its
+PyTorch bi-encoder in this process: what each training step contributes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -42,10 +47,59 @@ def _check_catalog(repo: Path, dataset: Dataset) -> None:
                         f"'{dataset.name}' ({dataset.fingerprint()}): pass the DATA / DATA_DIR it was built with")
 
 
+def training_summary(card: dict, tokenizer_json: str) -> dict:
+    """What distinguishes one training variant from another, from its checkpoint card."""
+    train = card.get("train_config", {})
+    distill = card.get("distillation", {}).get("config")
+    return {
+        "steps": train.get("steps"), "mlm_steps": train.get("mlm_steps", 0), "hard_negatives": train.get("hard_negatives", 0),
+        "distillation": ({k: distill[k] for k in ("kd_weight", "teacher_steps", "student_steps")} if distill else None),
+        "tokenizer": hashlib.sha256(tokenizer_json.encode()).hexdigest()[:12],
+        "train_seconds": card.get("seconds", {}).get("total"),
+        "distill_seconds": card.get("distillation", {}).get("seconds"),
+    }
+
+
+def evaluate_ablation(dataset: Dataset, checkpoints: dict[str, Path], split: str = "dev", limit: int = 0,
+                      log=print) -> dict:
+    """Each checkpoint's dense / RRF / re-ranked hybrid metrics on `split` (PyTorch FP32, in process)."""
+    from shopsearch.modeling import CHECKPOINT_META
+    from shopsearch.rerank_training import RERANKER_DIR, CheckpointRanker
+    from shopsearch.reranker import RerankerConfig, load_reranker, torch_scorer
+    from shopsearch.tokenization import TOKENIZER_FILE
+
+    cards = {}
+    for label, path in checkpoints.items():  # every variant checked before minutes go into any of them
+        path = Path(path)
+        if not (path / CHECKPOINT_META).exists():
+            raise DataError(f"ablation '{label}': no checkpoint at {path}")
+        cards[label] = card = json.loads((path / CHECKPOINT_META).read_text())
+        trained_on = card.get("dataset", {}).get("fingerprint")
+        if trained_on and trained_on != dataset.fingerprint():
+            raise DataError(f"ablation '{label}': {path} was trained on '{card['dataset'].get('name')}' ({trained_on}), "
+                            f"not on '{dataset.name}' ({dataset.fingerprint()})")
+    out = {}
+    for label, path in checkpoints.items():
+        started = time.time()
+        path, card = Path(path), cards[label]
+        reranker, rerank_card = (load_reranker(path / RERANKER_DIR) if (path / RERANKER_DIR).exists() else (None, None))
+        rcfg = rerank_card["config"] if rerank_card else {"n_dense": RerankerConfig.n_dense, "n_lexical": RerankerConfig.n_lexical}
+        ranker = CheckpointRanker.load(path, dataset, rcfg["n_dense"], rcfg["n_lexical"])
+        if reranker is not None:
+            ranker.hybrid.reranker = torch_scorer(reranker)
+        out[label] = {"checkpoint": str(path), "training": training_summary(card, (path / TOKENIZER_FILE).read_text()),
+                      **ranker.evaluate(split, limit), "seconds": round(time.time() - started, 1)}
+        best = out[label].get("hybrid") or out[label]["dense"]
+        log(f"ablation {label}: nDCG@10 {best['ndcg@10']:.4f}, Recall@100 {best['recall@100']:.4f} ({out[label]['seconds']}s)")
+    return out
+
+
 def evaluate_repository(repo: Path, dataset: Dataset, split: str = "dev", served_url: str | None = None,
-                        limit: int = 0, serve: bool = False, bm25: bool = False) -> dict:
+                        limit: int = 0, serve: bool = False, bm25: bool = False,
+                        ablation: dict[str, Path] | None = None, log=print) -> dict:
     """Metrics of the in-process pipeline and, on the same queries, of the served ensemble (at
-    `served_url`, or on a server started here when `serve`) and of BM25 (when `bm25`)."""
+    `served_url`, or on a server started here when `serve`), of BM25 (when `bm25`) and of the
+    `ablation` checkpoints ({label: checkpoint})."""
     repo = Path(repo)
     _check_catalog(repo, dataset)
     queries, qrels = dataset.split(split)
@@ -75,6 +129,8 @@ def evaluate_repository(repo: Path, dataset: Dataset, split: str = "dev", served
             client.close()
             if server:
                 server.stop()
+    if ablation:
+        report["ablation"] = evaluate_ablation(dataset, ablation, split, limit, log)
     report["comparisons"] = compare(report)
     return report
 
@@ -106,6 +162,23 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {system} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} | {r['mrr@10']:.4f} | {r['seconds']} |")
     if report.get("comparisons"):
         lines += ["", *(f"- {k}: {v}" for k, v in report["comparisons"].items())]
+    if report.get("ablation"):
+        lines += ["", "## Ablation: training variants on the same queries (PyTorch FP32 bi-encoder, in process)", "",
+                  "| variant | training | dense nDCG@10 | dense R@100 | + BM25, RRF nDCG@10 | re-ranked nDCG@10 | re-ranked R@100 | re-ranked MRR@10 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, row in report["ablation"].items():
+            t = row["training"]
+            what = [f"{t['steps']} steps", f"tokenizer {t['tokenizer'][:6]}"]
+            what += [f"MLM {t['mlm_steps']}"] if t["mlm_steps"] else []
+            what += [f"hard negatives top {t['hard_negatives']}"] if t["hard_negatives"] else []
+            if t["distillation"]:
+                d = t["distillation"]
+                what.append(f"cross-encoder teacher {d['teacher_steps']} steps, distilled in {d['student_steps']} more steps"
+                            if d["kd_weight"] else f"{d['student_steps']} more steps on the same groups, no teacher")
+            hybrid = row.get("hybrid")
+            cells = [f"{hybrid[m]:.4f}" for m in METRICS] if hybrid else ["-", "-", "-"]
+            lines.append(f"| {label} | {'; '.join(what)} | {row['dense']['ndcg@10']:.4f} | {row['dense']['recall@100']:.4f} | "
+                         f"{row['rrf']['ndcg@10']:.4f} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +200,7 @@ def plot_report(report: dict, path: Path) -> Path:
     ax.set_xticks(x, METRICS)
     ax.set_ylim(0, 1.1)
     ax.set_title(f"{report['dataset']} {report['split']}: {report['queries']} queries")
-    ax.legend(loc="upper center", ncol=len(systems), fontsize=8)
+    ax.legend(loc="upper center", ncol=max(len(systems), 1), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -141,4 +214,35 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     paths[1].write_text(report_markdown(report))
     plot_report(report, paths[2])
+    if report.get("ablation"):
+        paths.append(plot_ablation(report, out_dir / "ablation.png"))
     return paths
+
+
+def plot_ablation(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = list(report["ablation"])
+    stages = [("dense", "dense alone"), ("rrf", "+ BM25 (RRF)"), ("hybrid", "+ learned re-ranker")]
+    x = np.arange(len(labels))
+    width = 0.8 / len(stages)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
+    for i, (key, name) in enumerate(stages):
+        values = [report["ablation"][label].get(key, {}).get("ndcg@10", 0.0) for label in labels]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    if "bm25" in report:
+        ax.axhline(report["bm25"]["ndcg@10"], color="grey", linestyle="--", linewidth=1, label="BM25")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("nDCG@10")
+    ax.set_ylim(0, 1.3 * max(max(row.get("hybrid", row["dense"])["ndcg@10"] for row in report["ablation"].values()), 0.1))
+    ax.set_title(f"{report['dataset']} {report['split']}: training ablation")
+    ax.legend(fontsize=8, loc="upper center", ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

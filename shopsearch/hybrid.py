@@ -147,6 +147,31 @@ class LexicalScorer:
         return np.array([bool(query) and query in self.normalized_texts[r] for r in rows.tolist()], dtype=np.float32)
 
 
+LEXICAL_FEATURE_NAMES = (  # the query/product-text features of FEATURE_NAMES, in their order
+    "bm25_score", "bm25_norm", "bm25_rank_recip", "query_coverage", "query_trigram_coverage", "title_contains_query",
+    "doc_length_log", "query_terms_log",
+)
+
+
+def lexical_features(lexical: LexicalScorer, text: str, rows: np.ndarray, n_lexical: int,
+                     scored: tuple[np.ndarray, np.ndarray, int] | None = None) -> np.ndarray:
+    """LEXICAL_FEATURE_NAMES of `rows` for one query [len(rows), 8]; BM25 ranks count within the
+    query's `n_lexical` best. `scored`: lexical.score(text), when the caller has it already."""
+    bm25, coverage, n_terms = scored if scored is not None else lexical.score(text)
+    lexical_top = _ordered_top(bm25, n_lexical, positive_only=True)
+    best_bm25 = float(bm25.max()) if bm25.size else 0.0
+    return np.stack([
+        bm25[rows],
+        bm25[rows] / best_bm25 if best_bm25 > 0 else np.zeros(rows.size, np.float32),
+        _rank_recip(bm25, rows, lexical_top),
+        coverage[rows],
+        lexical.trigram_coverage(text, rows),
+        lexical.contains(text, rows),
+        np.log1p(lexical.doc_lengths[rows]),
+        np.full(rows.size, np.log1p(n_terms), np.float32),
+    ], axis=1).astype(np.float32)
+
+
 def _rank_recip(scores: np.ndarray, rows: np.ndarray, top: np.ndarray) -> np.ndarray:
     """1 / (1 + rank) for rows within `top` (already ordered best first), else 0."""
     position = {int(r): i for i, r in enumerate(top)}
@@ -171,25 +196,19 @@ class HybridRanker:
     def candidates(self, text: str, query_vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidate rows (dense top ∪ BM25 top) and their features [m, len(FEATURE_NAMES)]."""
         dense_scores = self.dense.vectors @ query_vector.astype(np.float32)
-        bm25, coverage, n_terms = self.lexical.score(text)
+        scored = self.lexical.score(text)
         dense_top = _ordered_top(dense_scores, self.n_dense)
-        lexical_top = _ordered_top(bm25, self.n_lexical, positive_only=True)
+        lexical_top = _ordered_top(scored[0], self.n_lexical, positive_only=True)
         rows = np.unique(np.concatenate([dense_top, lexical_top]))
-        best_bm25 = float(bm25.max()) if bm25.size else 0.0
-        features = np.stack([
+        lexical = lexical_features(self.lexical, text, rows, self.n_lexical, scored)
+        features = np.column_stack([
             dense_scores[rows],
             dense_scores[rows] - dense_scores[dense_top[0]],
             _rank_recip(dense_scores, rows, dense_top),
-            bm25[rows],
-            bm25[rows] / best_bm25 if best_bm25 > 0 else np.zeros(rows.size, np.float32),
-            _rank_recip(bm25, rows, lexical_top),
-            coverage[rows],
-            self.lexical.trigram_coverage(text, rows),
-            self.lexical.contains(text, rows),
+            lexical[:, :6],
             np.log1p(self.lexical.popularity[rows]),
-            np.log1p(self.lexical.doc_lengths[rows]),
-            np.full(rows.size, np.log1p(n_terms), np.float32),
-        ], axis=1).astype(np.float32)
+            lexical[:, 6:],
+        ]).astype(np.float32)
         return rows.astype(np.int64), features
 
     def rank(self, texts: Sequence[str], query_vectors: np.ndarray, k: int,

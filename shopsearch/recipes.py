@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopsearch.data import Dataset, load_dataset
+from shopsearch.distillation import DistillConfig
 from shopsearch.errors import ConfigError
 from shopsearch.reranker import RerankerConfig
 from shopsearch.training import TrainConfig
@@ -21,6 +22,7 @@ class Recipe:
     data_options: dict = field(default_factory=dict)  # generator options (synthetic only)
     train: dict = field(default_factory=dict)
     rerank: dict = field(default_factory=dict)
+    distill: dict | None = None  # [distill]: stage 1b, a cross-encoder teacher distilled into the bi-encoder
 
     def train_config(self, **overrides) -> TrainConfig:
         try:
@@ -33,6 +35,14 @@ class Recipe:
             return RerankerConfig(**self.rerank)
         except TypeError as exc:
             raise ConfigError(str(self.path), "[rerank]", str(exc)) from None
+
+    def distill_config(self) -> DistillConfig | None:
+        if self.distill is None:
+            return None
+        try:
+            return DistillConfig(**self.distill)
+        except TypeError as exc:
+            raise ConfigError(str(self.path), "[distill]", str(exc)) from None
 
     def dataset(self, data_name: str | None = None, data_dir: str | None = None) -> Dataset:
         """The recipe's dataset, or `data_name` from `data_dir` when given (the recipe's generator
@@ -51,4 +61,4 @@ def load_recipe(path: Path) -> Recipe:
         raise ConfigError(str(path), "[data].name", "is required")
     name = data.pop("name")
     return Recipe(path=path, data_name=name, data_options=data, train=dict(raw.get("train", {})),
-                  rerank=dict(raw.get("rerank", {})))
+                  rerank=dict(raw.get("rerank", {})), distill=dict(raw["distill"]) if "distill" in raw else None)

@@ -169,10 +169,12 @@ def test_metrics_endpoint_counts_successes_and_failures(triton_server, http):
     assert failures and any(float(line.rsplit(" ", 1)[1]) > 0 for line in failures)
 
 
-def test_served_dev_metrics_equal_the_in_process_pipeline_next_to_bm25(built_repo, tiny_dataset, triton_server, tmp_path):
+def test_served_dev_metrics_equal_the_in_process_pipeline_next_to_bm25(built_repo, tiny_checkpoint, tiny_dataset,
+                                                                       triton_server, tmp_path):
     from shopsearch.evaluation import evaluate_repository, write_report
 
-    report = evaluate_repository(built_repo, tiny_dataset, "dev", served_url=triton_server.http_url, limit=60, bm25=True)
+    report = evaluate_repository(built_repo, tiny_dataset, "dev", served_url=triton_server.http_url, limit=60, bm25=True,
+                                 ablation={"shipped": tiny_checkpoint}, log=lambda m: None)
     for metric in ("ndcg@10", "recall@100", "mrr@10"):
         assert report["served"][metric] == pytest.approx(report["in_process"][metric], abs=1e-9)
     assert report["in_process"]["ndcg@10"] > 0.3  # a trained model, not noise
@@ -180,8 +182,27 @@ def test_served_dev_metrics_equal_the_in_process_pipeline_next_to_bm25(built_rep
     comparisons = report["comparisons"]
     assert comparisons["ndcg@10_vs_bm25"] == pytest.approx(report["served"]["ndcg@10"] / report["bm25"]["ndcg@10"], abs=1e-4)
     assert comparisons["max_abs_served_minus_in_process"] == pytest.approx(0, abs=1e-9)
-    json_path, md_path, png_path = write_report(report, tmp_path / "eval")
+    # The ablation row of the checkpoint the repository was built from: its PyTorch FP32 pipeline
+    # in this process, within INT8 quantization's reach of what is served.
+    shipped = report["ablation"]["shipped"]
+    assert set(shipped) >= {"dense", "rrf", "hybrid", "training"} and shipped["hybrid"]["queries"] == report["served"]["queries"]
+    assert shipped["hybrid"]["ndcg@10"] == pytest.approx(report["served"]["ndcg@10"], abs=0.03)
+    assert shipped["training"]["steps"] == 150 and shipped["training"]["distillation"] is None
+    json_path, md_path, png_path, ablation_png = write_report(report, tmp_path / "eval")
     assert "| bm25 |" in md_path.read_text() and png_path.stat().st_size > 5000
+    assert "| shipped | 150 steps" in md_path.read_text() and ablation_png.stat().st_size > 5000
+
+
+def test_an_ablation_checkpoint_trained_on_other_data_fails_clearly(tiny_checkpoint):
+    from shopsearch.data import load_dataset
+    from shopsearch.errors import DataError
+    from shopsearch.evaluation import evaluate_ablation
+
+    other = load_dataset("synthetic", n_products=300, n_queries=40, seed=7)
+    with pytest.raises(DataError, match="ablation 'x'.*was trained on"):
+        evaluate_ablation(other, {"x": tiny_checkpoint}, "dev", limit=5)
+    with pytest.raises(DataError, match="no checkpoint"):
+        evaluate_ablation(other, {"x": tiny_checkpoint / "missing"}, "dev", limit=5)
 
 
 def test_evaluating_a_repository_on_another_catalog_fails_clearly(built_repo):

@@ -1,8 +1,10 @@
 """Train the search models from a recipe: `python training/train_search.py --recipe ... --out ...`.
 
 Stage 1, the bi-encoder (tokenizer + dense embedder; data-parallel under
-`torchrun --nproc_per_node N training/train_search.py ...`); stage 2, when the recipe keeps a share of
-train queries for it (`rerank_holdout`), the re-ranker of hybrid (BM25 + dense) candidates."""
+`torchrun --nproc_per_node N training/train_search.py ...`); stage 1b, when the recipe has a
+[distill] section, a cross-encoder teacher distilled into the bi-encoder (one process); stage 2,
+when the recipe keeps a share of train queries for it (`rerank_holdout`), the re-ranker of hybrid
+(BM25 + dense) candidates."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from shopsearch.errors import ShopSearchError
+from shopsearch.distillation import distill_stage
+from shopsearch.errors import ConfigError, ShopSearchError
 from shopsearch.recipes import load_recipe
 from shopsearch.rerank_training import train_reranker_stage
 from shopsearch.training import train_biencoder
@@ -31,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the last state in --out (exactly)")
     parser.add_argument("--tokenizer", type=Path, help="reuse this tokenizer.json instead of training one")
     parser.add_argument("--reranker-only", action="store_true", help="keep the checkpoint's bi-encoder, train stage 2 only")
+    parser.add_argument("--distill-only", action="store_true",
+                        help="start from the stage-1 bi-encoder in --out: stage 1b (the recipe's [distill]) and stage 2")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe)
@@ -39,10 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         config = recipe.train_config(steps=args.steps, amp_bf16=args.bf16 or None, amp_fp16=args.fp16 or None,
                                      save_every=args.save_every)
         log = lambda m: print(m, flush=True)  # noqa: E731
-        if not args.reranker_only:
+        distill = recipe.distill_config()
+        if args.distill_only and distill is None:
+            raise ConfigError(str(args.recipe), "[distill]", "--distill-only needs a [distill] section")
+        if not (args.reranker_only or args.distill_only):
             train_biencoder(dataset, config, args.out, log=log, tokenizer_file=args.tokenizer, resume=args.resume)
         if int(os.environ.get("RANK", "0")) != 0:
-            return 0  # data-parallel ranks > 0: rank 0 wrote the checkpoint and runs stage 2
+            return 0  # data-parallel ranks > 0: rank 0 wrote the checkpoint and runs stages 1b and 2
+        if distill is not None and not args.reranker_only:
+            distill_stage(args.out, dataset, distill, log=log)
         if config.rerank_holdout or args.reranker_only:
             train_reranker_stage(args.out, dataset, recipe.reranker_config(), log=log)
     except ShopSearchError as exc:

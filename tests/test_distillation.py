@@ -1,0 +1,151 @@
+"""Stage 1b: a cross-encoder teacher trained on the judgments, distilled into the bi-encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from shopsearch.distillation import (
+    TEACHER_CARD, TEACHER_DIR, CrossEncoder, DistillConfig, PairEncoder, add_lexical_features, build_groups, distill_stage,
+    score_groups, student_loss, train_teacher,
+)
+from shopsearch.hybrid import LEXICAL_FEATURE_NAMES, LexicalScorer
+from shopsearch.errors import ConfigError
+from shopsearch.modeling import CHECKPOINT_META, CHECKPOINT_WEIGHTS, load_checkpoint
+from shopsearch.rerank_training import RERANKER_DIR
+from shopsearch.tokenization import TOKENIZER_FILE
+
+FAST = DistillConfig(teacher_steps=40, teacher_learning_rate=5e-4, teacher_eval_queries=40, student_steps=6)
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_checkpoint, tiny_dataset):
+    model, card = load_checkpoint(tiny_checkpoint)
+    data = tiny_dataset.with_holdout(card["train_config"]["rerank_holdout"])
+    tokenizer_json = (tiny_checkpoint / TOKENIZER_FILE).read_text()
+    pairs = PairEncoder(tokenizer_json, FAST.max_query_tokens, model.config.max_product_length, model.config.max_positions)
+    text = {p.product_id: p.search_text() for p in data.products}
+    return model, data, pairs, text
+
+
+def test_groups_put_a_relevant_product_first_then_only_products_bm25_ranks_high(stage1):
+    from shopsearch.lexical import Bm25Index
+
+    _, data, _, _ = stage1
+    queries, qrels = data.split("train")
+    by_text = {queries[q]: qrels[q] for q in qrels}
+    groups = build_groups(data, "train", FAST)
+    index = Bm25Index(data.products)
+    rows, _ = index.search([g.query for g in groups[:300]], FAST.mined_depth)
+    for g, row in zip(groups, rows):  # past the first, what a ranker would meet: BM25's top
+        assert set(g.product_ids[1:]) <= {index.product_ids[r] for r in row}
+    assert len(groups) > 0.9 * len(qrels)
+    assert not {g.query for g in groups} & set(data.queries["rerank"].values())  # the re-ranker's queries stay out
+    for g in groups[:300]:
+        judged = by_text[g.query]
+        assert 2 <= len(g.product_ids) <= FAST.group_size and len(set(g.product_ids)) == len(g.product_ids)
+        assert judged[g.product_ids[0]] >= data.relevant_min_gain
+        for pid, gain in zip(g.product_ids, g.gains):
+            assert gain == judged.get(pid, 0)
+    assert np.mean([sum(pid not in by_text[g.query] for pid in g.product_ids) >= FAST.mined_per_query for g in groups]) > 0.9
+
+
+def test_pairs_are_query_then_product_within_the_positions(stage1):
+    model, _, pairs, _ = stage1
+    ids, mask, types = pairs.encode(["red shoes " * 40, "tv"], ["nike running shoe " * 40, "samsung 55 inch tv"])
+    assert ids.shape[1] <= model.config.max_positions
+    cls = pairs.query.tokenizer.token_to_id("[CLS]")
+    sep = pairs.query.tokenizer.token_to_id("[SEP]")
+    for row in range(2):
+        n = int(mask[row].sum())
+        first_product = int((types[row] == 1).nonzero()[0])
+        assert ids[row, 0] == cls and ids[row, first_product - 1] == sep and ids[row, n - 1] == sep
+        assert types[row, :first_product].eq(0).all() and types[row, first_product:n].eq(1).all()
+    assert int((types[0] == 0).sum()) == FAST.max_query_tokens  # the long query was cut to its budget
+    with pytest.raises(ConfigError, match="max_query_tokens"):
+        PairEncoder(pairs.query.tokenizer.to_str(), 32, 48, 64)
+
+
+def test_the_kl_term_is_zero_when_the_student_agrees_and_pulls_it_towards_the_teacher():
+    torch.manual_seed(0)
+    qv = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    pv = torch.nn.functional.normalize(torch.randn(7, 8), dim=1)
+    sizes, temperature = [3, 4], 0.1
+    logits = qv @ pv.T / temperature
+    agreeing = torch.cat([logits[0, :3], logits[1, 3:]]) + 5.0  # a softmax ignores a shift
+    _, kl = student_loss(qv, pv, sizes, agreeing, temperature, 1.0)
+    assert kl.item() == pytest.approx(0.0, abs=1e-6)
+    teacher = torch.tensor([5.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0])
+    pv = pv.clone().requires_grad_(True)
+    _, kl = student_loss(qv, pv, sizes, teacher, temperature, 1.0)
+    kl.backward()
+    with torch.no_grad():
+        _, after = student_loss(qv, pv - 0.05 * pv.grad, sizes, teacher, temperature, 1.0)
+    assert kl.item() > 0.1 and after.item() < kl.item()
+
+
+def test_the_contrastive_term_ignores_the_rest_of_the_querys_own_group():
+    torch.manual_seed(1)
+    qv = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    qv[1] = 0.0  # query 1's row is then constant: only query 0's row can move the loss
+    pv = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    base, _ = student_loss(qv, pv, [3, 3], None, 0.1, 0.0)
+    moved = pv.clone()
+    moved[1], moved[2] = qv[0], qv[0]  # query 0's other group members: maybe relevant, never negatives
+    same, _ = student_loss(qv, moved, [3, 3], None, 0.1, 0.0)
+    assert same.item() == pytest.approx(base.item(), rel=1e-6)
+    moved[4] = qv[0]  # another query's product is a negative for query 0
+    worse, _ = student_loss(qv, moved, [3, 3], None, 0.1, 0.0)
+    assert worse.item() > base.item()
+
+
+def test_the_teacher_learns_to_put_relevant_products_above_unjudged_ones(stage1):
+    model, data, pairs, text = stage1
+    groups = build_groups(data, "train", FAST)
+    add_lexical_features(groups, LexicalScorer.build(data.products), {p.product_id: i for i, p in enumerate(data.products)})
+    assert groups[0].features.shape == (len(groups[0].product_ids), len(LEXICAL_FEATURE_NAMES))
+    probe = [g for g in groups[:200] if (g.gains == 0).any()]
+
+    def separation(teacher):
+        score_groups(teacher, pairs, probe, text)
+        return np.mean([g.teacher[g.gains > 0].mean() > g.teacher[g.gains == 0].mean() for g in probe])
+
+    teacher, losses = train_teacher(model.bert.state_dict(), model.config, pairs, groups, text, FAST, log=lambda m: None)
+    assert len(losses) == FAST.teacher_steps and all(np.isfinite(losses)) and teacher.n_features == len(LEXICAL_FEATURE_NAMES)
+    torch.manual_seed(FAST.seed)
+    untrained = CrossEncoder(model.config, teacher.n_features)
+    untrained.bert.load_state_dict(model.bert.state_dict())
+    untrained.feature_mean.copy_(teacher.feature_mean)
+    untrained.feature_std.copy_(teacher.feature_std)
+    before, after = separation(untrained.eval()), separation(teacher)
+    assert after >= before + 0.05, (before, after)
+
+
+def test_distill_stage_replaces_the_bi_encoder_and_drops_the_stale_reranker(tiny_checkpoint, tiny_dataset, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    before = torch.load(checkpoint / CHECKPOINT_WEIGHTS, weights_only=True)["state_dict"]
+    report = distill_stage(checkpoint, tiny_dataset, FAST, log=lambda m: None)
+    card = json.loads((checkpoint / CHECKPOINT_META).read_text())
+    assert card["distillation"]["config"] == dataclasses.asdict(FAST) and card["train_config"]["rerank_holdout"] > 0
+    assert set(report["teacher_dev"]) >= {"bm25", "teacher"} and len(report["student_loss_curve"]) == FAST.student_steps
+    assert card["dev_metrics"] and card["dev_metrics"] != report["dev_metrics_before"]
+    after = torch.load(checkpoint / CHECKPOINT_WEIGHTS, weights_only=True)["state_dict"]
+    assert not torch.equal(before["bert.embeddings.word_embeddings.weight"], after["bert.embeddings.word_embeddings.weight"])
+    assert not (checkpoint / RERANKER_DIR).exists()  # trained on the old features: stage 2 retrains it
+    assert json.loads((checkpoint / TEACHER_DIR / TEACHER_CARD).read_text())["teacher_dev"] == report["teacher_dev"]
+    with pytest.raises(ConfigError, match="distilled already"):
+        distill_stage(checkpoint, tiny_dataset, FAST, log=lambda m: None)
+
+
+def test_the_control_run_trains_no_teacher(tiny_checkpoint, tiny_dataset, tmp_path):
+    checkpoint = tmp_path / "control"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    report = distill_stage(checkpoint, tiny_dataset, dataclasses.replace(FAST, kd_weight=0.0), log=lambda m: None)
+    assert "teacher_dev" not in report and not (checkpoint / TEACHER_DIR).exists()
+    assert len(report["student_loss_curve"]) == FAST.student_steps
