@@ -60,16 +60,13 @@ def training_summary(card: dict, tokenizer_json: str) -> dict:
     }
 
 
-def evaluate_ablation(dataset: Dataset, checkpoints: dict[str, Path], split: str = "dev", limit: int = 0,
-                      log=print) -> dict:
-    """Each checkpoint's dense / RRF / re-ranked hybrid metrics on `split` (PyTorch FP32, in process)."""
+def ablation_cards(dataset: Dataset, checkpoints: dict[str, Path]) -> dict[str, dict]:
+    """Each variant's checkpoint card, once every one exists and was trained on this catalog:
+    checked before minutes go into measuring any of them."""
     from shopsearch.modeling import CHECKPOINT_META
-    from shopsearch.rerank_training import RERANKER_DIR, CheckpointRanker
-    from shopsearch.reranker import RerankerConfig, load_reranker, torch_scorer
-    from shopsearch.tokenization import TOKENIZER_FILE
 
     cards = {}
-    for label, path in checkpoints.items():  # every variant checked before minutes go into any of them
+    for label, path in checkpoints.items():
         path = Path(path)
         if not (path / CHECKPOINT_META).exists():
             raise DataError(f"ablation '{label}': no checkpoint at {path}")
@@ -78,6 +75,17 @@ def evaluate_ablation(dataset: Dataset, checkpoints: dict[str, Path], split: str
         if trained_on and trained_on != dataset.fingerprint():
             raise DataError(f"ablation '{label}': {path} was trained on '{card['dataset'].get('name')}' ({trained_on}), "
                             f"not on '{dataset.name}' ({dataset.fingerprint()})")
+    return cards
+
+
+def evaluate_ablation(dataset: Dataset, checkpoints: dict[str, Path], split: str = "dev", limit: int = 0,
+                      log=print) -> dict:
+    """Each checkpoint's dense / RRF / re-ranked hybrid metrics on `split` (PyTorch FP32, in process)."""
+    from shopsearch.rerank_training import RERANKER_DIR, CheckpointRanker
+    from shopsearch.reranker import RerankerConfig, load_reranker, torch_scorer
+    from shopsearch.tokenization import TOKENIZER_FILE
+
+    cards = ablation_cards(dataset, checkpoints)
     out = {}
     for label, path in checkpoints.items():
         started = time.time()
@@ -102,6 +110,8 @@ def evaluate_repository(repo: Path, dataset: Dataset, split: str = "dev", served
     `ablation` checkpoints ({label: checkpoint})."""
     repo = Path(repo)
     _check_catalog(repo, dataset)
+    if ablation:
+        ablation_cards(dataset, ablation)
     queries, qrels = dataset.split(split)
     qids = sorted(queries)[: limit or None]
     judged = {q: qrels.get(q, {}) for q in qids}

@@ -193,10 +193,15 @@ def test_served_dev_metrics_equal_the_in_process_pipeline_next_to_bm25(built_rep
     assert "| shipped | 150 steps" in md_path.read_text() and ablation_png.stat().st_size > 5000
 
 
-def test_an_ablation_checkpoint_trained_on_other_data_fails_clearly(tiny_checkpoint):
+def test_an_ablation_checkpoint_trained_on_other_data_fails_clearly(tiny_checkpoint, built_repo, tiny_dataset):
     from shopsearch.data import load_dataset
     from shopsearch.errors import DataError
-    from shopsearch.evaluation import evaluate_ablation
+    from shopsearch.evaluation import evaluate_ablation, evaluate_repository
+
+    # Refused before anything is measured, not after minutes of evaluating the other systems.
+    with pytest.raises(DataError, match="no checkpoint"):
+        evaluate_repository(built_repo, tiny_dataset, "dev", bm25=True, ablation={"y": tiny_checkpoint / "missing"},
+                            log=lambda m: None, limit=5)
 
     other = load_dataset("synthetic", n_products=300, n_queries=40, seed=7)
     with pytest.raises(DataError, match="ablation 'x'.*was trained on"):
