@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--measurement-ms", type=int, default=3000)
     parser.add_argument("--in-process-seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved Triton rounds; the report gives medians")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory(prefix="shopsearch-bench-") as work:
             report = bench_serving(args.repo, args.queries, Path(work), args.concurrency, args.measurement_ms,
-                                   args.in_process_seconds, log=lambda m: print(m, flush=True))
+                                   args.in_process_seconds, log=lambda m: print(m, flush=True),
+                                   rounds=args.rounds)
     except ShopSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,9 @@ import numpy as np
 
 from shopsearch.errors import InvalidInputError
 from shopsearch.pipeline import SearchPipeline
-from shopsearch.serving.step_metrics import CANDIDATES, EMPTY, QUERIES, QUERY_CHARS, QUERY_TOKENS, REJECTED, observations
+from shopsearch.serving.step_metrics import (
+    CANDIDATES, EMPTY, QUERIES, QUERY_CHARS, QUERY_TOKENS, REJECTED, merged, observations,
+)
 
 
 def test_each_step_reports_what_it_saw(built_repo):
@@ -45,3 +47,9 @@ def test_recommendation_steps_report_history_unknown_ids_and_fallbacks(built_rep
     state.update(found)
     answered = post.run([state])[0]
     assert observations("rec_postprocess", [state], [answered]) == [(RECOMMENDATIONS, 2.0), (POPULARITY, 1.0)]
+
+
+def test_a_batch_sends_one_increment_per_counter_and_every_histogram_sample():
+    batch = [(QUERIES, 2.0), (EMPTY, 0.0), (QUERY_CHARS, 9.0), (QUERIES, 1.0), (EMPTY, 0.0), (QUERY_CHARS, 18.0), (REJECTED, 1.0)]
+    assert merged(batch) == [(QUERY_CHARS, 9.0), (QUERY_CHARS, 18.0), (QUERIES, 3.0), (REJECTED, 1.0)]
+    assert merged([(EMPTY, 0.0)]) == []

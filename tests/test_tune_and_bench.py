@@ -25,8 +25,15 @@ def test_tune_measures_each_trial_on_a_real_server_and_saves_a_loadable_file(bui
 
 def test_bench_reports_every_comparison_from_one_run(built_repo, tmp_path):
     report = bench_serving(built_repo, QUERIES, tmp_path, concurrency=4, measurement_ms=500, in_process_seconds=1.0,
-                           log=lambda m: None)
-    assert set(report["runs"]) == {"served_grpc", "served_http", "unbatched_grpc", "in_process", "in_process_batched"}
+                           log=lambda m: None, rounds=2)
+    assert set(report["runs"]) == {"served_grpc", "served_http", "unbatched_grpc", "tokenizer_batched_grpc", "in_process",
+                                   "in_process_batched"}
+    for name in ("served_grpc", "served_http", "unbatched_grpc", "tokenizer_batched_grpc"):  # medians of the rounds
+        rounds = report["runs"][name]["rounds"]
+        assert len(rounds) == 2 and report["runs"][name]["throughput"] == pytest.approx(
+            sum(r["throughput"] for r in rounds) / 2, abs=0.11)
+    assert report["ratios"]["tokenizer_isolation_cost"] == pytest.approx(
+        1 - report["runs"]["served_grpc"]["throughput"] / report["runs"]["tokenizer_batched_grpc"]["throughput"], abs=0.002)
     assert all(r["throughput"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in report["runs"].values())
     assert set(report["compute_share"]) == {"tokenizer", "embedder", "ranker", "postprocess"}
     assert sum(report["compute_share"].values()) == pytest.approx(1.0, abs=1e-3)

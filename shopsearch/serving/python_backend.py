@@ -16,7 +16,7 @@ import numpy as np
 from shopsearch.errors import InvalidInputError, ShopSearchError
 from shopsearch.serving.rec_steps import REC_STEP_TYPES
 from shopsearch.serving.repository import read_version_params
-from shopsearch.serving.step_metrics import METRIC_SPECS, observations
+from shopsearch.serving.step_metrics import METRIC_SPECS, merged, observations
 from shopsearch.serving.steps import INSTANCE_COUNT, STEP_TYPES
 
 
@@ -63,7 +63,7 @@ class TritonStepModel:
         if not self._metrics:
             return
         try:
-            for spec, value in observations(self.step_name, requests, outcomes):
+            for spec, value in merged(observations(self.step_name, requests, outcomes)):
                 metric = self._metrics[spec.name]
                 if spec.kind == "histogram":
                     metric.observe(value)

@@ -84,3 +84,16 @@ def observations(step: str, requests: Sequence[dict[str, np.ndarray]], outcomes:
             strategies = outcome["STRATEGY"].reshape(-1)
             out += [(RECOMMENDATIONS, float(len(strategies))), (POPULARITY, float(sum(s == b"popularity" for s in strategies)))]
     return [(spec, value) for spec, value in out if spec in METRIC_SPECS.get(step, ())]
+
+
+def merged(updates: Sequence[tuple[MetricSpec, float]]) -> list[tuple[MetricSpec, float]]:
+    """One increment per counter (zeros dropped), every histogram sample kept: each update the
+    Python backend sends is a round trip to the server process, on the request's path."""
+    counters: dict[MetricSpec, float] = {}
+    out: list[tuple[MetricSpec, float]] = []
+    for spec, value in updates:
+        if spec.kind == "counter":
+            counters[spec] = counters.get(spec, 0.0) + value
+        else:
+            out.append((spec, value))
+    return out + [(spec, total) for spec, total in counters.items() if total]

@@ -135,8 +135,10 @@ def _rewrite(model_dir: Path, edit) -> None:
     (model_dir / CONFIG_FILE).write_text(text_format.MessageToString(config))
 
 
-def variant_repository(src: Path, dst: Path, tuning: Tuning) -> Path:
-    """`src` with the tuned models' instance counts and dynamic batching replaced."""
+def variant_repository(src: Path, dst: Path, tuning: Tuning, batch_isolated: bool = False) -> Path:
+    """`src` with the tuned models' instance counts and dynamic batching replaced. The batching of
+    REQUEST_ISOLATED models stays as built unless `batch_isolated`: only for measuring what the
+    isolation costs or guards against; such a repository lets one malformed string fail its batch."""
     if dst.exists():
         shutil.rmtree(dst)
     _link_tree(src, dst)
@@ -144,7 +146,7 @@ def variant_repository(src: Path, dst: Path, tuning: Tuning) -> Path:
         def edit(config: pb.ModelConfig, settings: ModelSettings = settings) -> None:
             for group in config.instance_group:
                 group.count = settings.instance_count
-            if config.HasField("dynamic_batching") and config.name not in REQUEST_ISOLATED:
+            if config.HasField("dynamic_batching") and (batch_isolated or config.name not in REQUEST_ISOLATED):
                 config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
                 del config.dynamic_batching.preferred_batch_size[:]
                 config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
