@@ -11,7 +11,7 @@ from shopsearch.errors import ArtifactError, ShopSearchError
 from shopsearch.results import PAD_PRODUCT_ID, Hit
 from shopsearch.serving.model_config import parameters_of, read_config
 from shopsearch.serving.repository import read_version_params
-from shopsearch.serving.steps import INSTANCE_COUNT, PRODUCT_IDS, QUERY, SCORES, STEP_TYPES, TITLES, TOPK
+from shopsearch.serving.steps import PRODUCT_IDS, QUERY, SCORES, STEP_TYPES, TITLES, TOPK
 
 
 def step_types() -> dict:
@@ -39,9 +39,8 @@ class SearchPipeline:
             versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
             version = generation or (step.model_version if step.model_version > 0 else versions[-1])
             config = read_config(model_dir)
-            # The same parameters the Python backend hands the step, instance count included.
-            params = {**parameters_of(config), INSTANCE_COUNT: str(sum(g.count or 1 for g in config.instance_group) or 1),
-                      **read_version_params(model_dir / str(version))}
+            # The same parameters the Python backend hands the step.
+            params = {**parameters_of(config), **read_version_params(model_dir / str(version))}
             steps.append(types[step.model_name].from_artifacts(model_dir / str(version), params))
             steps[-1].name = step.model_name
         return cls(steps)

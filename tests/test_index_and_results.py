@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from shopsearch.errors import ArtifactError, ConfigError
-from shopsearch.index import CatalogIndex, top_k_rows
+import shopsearch.index as index_module
+from shopsearch.index import CatalogIndex, ExactSearch, top_k_rows
 from shopsearch.results import CatalogLookup, hits_to_arrays
 
 
@@ -20,6 +21,38 @@ def test_top_k_rows_matches_a_full_sort_with_ties_broken_by_index():
 def test_top_k_rows_returns_everything_when_k_exceeds_the_catalog():
     indices, _ = top_k_rows(np.array([[0.1, 0.3, 0.2]], dtype=np.float32), 10)
     assert indices.tolist() == [[1, 2, 0]]
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_exact_search_equals_numpy_scoring_with_ties_broken_by_index(monkeypatch, embedded):
+    if not embedded:  # a catalog too large for one protobuf message is fed to every run instead
+        monkeypatch.setattr(index_module, "MAX_EMBEDDED_CATALOG_BYTES", 0)
+    rng = np.random.default_rng(1)
+    # Small integers: products with equal scores, ties at the k-th position included, and exact
+    # float arithmetic, so ONNX Runtime's GEMM and numpy's agree to the bit.
+    vectors = rng.integers(-2, 3, size=(500, 8)).astype(np.float32)
+    search = ExactSearch(vectors)
+    assert search.embedded is embedded
+    for batch in (1, 3, 16):
+        queries = rng.integers(-2, 3, size=(batch, 8)).astype(np.float32)
+        rows, scores = search.search(queries, 40)
+        expected_rows, expected_scores = top_k_rows(queries @ vectors.T, 40)
+        np.testing.assert_array_equal(rows, expected_rows)
+        np.testing.assert_array_equal(scores, expected_scores)
+    rows, _ = search.search(queries, 10_000)  # k beyond the catalog: all of it, in order
+    assert rows.shape == (16, 500)
+
+
+def test_index_search_of_real_valued_vectors_matches_numpy_and_takes_an_empty_batch():
+    rng = np.random.default_rng(2)
+    index = CatalogIndex(rng.standard_normal((2000, 32)).astype(np.float32), "e")
+    queries = rng.standard_normal((5, 32)).astype(np.float32)
+    rows, scores = index.search(queries, 20)
+    expected_rows, expected_scores = top_k_rows(queries @ index.vectors.T, 20)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+    assert (rows == expected_rows).mean() > 0.99  # float rounding may swap exact near-ties only
+    empty_rows, empty_scores = index.search(np.zeros((0, 32), dtype=np.float32), 20)
+    assert empty_rows.shape == empty_scores.shape == (0, 20)
 
 
 def test_index_search_rejects_vectors_of_the_wrong_width_naming_the_model():

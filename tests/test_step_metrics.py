@@ -1,11 +1,13 @@
 """The custom metrics each served step reports, computed in-process from its inputs and outcomes."""
 
+import time
+
 import numpy as np
 
 from shopsearch.errors import InvalidInputError
 from shopsearch.pipeline import SearchPipeline
 from shopsearch.serving.step_metrics import (
-    CANDIDATES, EMPTY, QUERIES, QUERY_CHARS, QUERY_TOKENS, REJECTED, merged, observations,
+    CANDIDATES, EMPTY, QUERIES, QUERY_CHARS, QUERY_TOKENS, REJECTED, MetricSender, merged, observations,
 )
 
 
@@ -53,3 +55,39 @@ def test_a_batch_sends_one_increment_per_counter_and_every_histogram_sample():
     batch = [(QUERIES, 2.0), (EMPTY, 0.0), (QUERY_CHARS, 9.0), (QUERIES, 1.0), (EMPTY, 0.0), (QUERY_CHARS, 18.0), (REJECTED, 1.0)]
     assert merged(batch) == [(QUERY_CHARS, 9.0), (QUERY_CHARS, 18.0), (QUERIES, 3.0), (REJECTED, 1.0)]
     assert merged([(EMPTY, 0.0)]) == []
+
+
+def test_the_sender_delivers_merged_updates_off_the_callers_thread_and_the_rest_on_close():
+    import threading
+
+    sent, threads = [], set()
+
+    def send(spec, value):
+        sent.append((spec, value))
+        threads.add(threading.current_thread().name)
+
+    sender = MetricSender(send, interval_s=0.05)
+    sender.add([(QUERIES, 2.0), (QUERY_CHARS, 9.0)])
+    sender.add([(QUERIES, 1.0)])
+    deadline = time.monotonic() + 5
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(sent, key=str) == sorted([(QUERY_CHARS, 9.0), (QUERIES, 3.0)], key=str)
+    assert threads == {"shopsearch-metrics"}  # the request path only appended
+    sender.add([(REJECTED, 1.0)])
+    sender.close()  # what is pending when the model unloads is still sent
+    assert sent[-1] == (REJECTED, 1.0)
+
+
+def test_the_sender_bounds_what_waits_and_survives_a_failing_channel():
+    errors = []
+
+    def broken(spec, value):
+        raise RuntimeError("stub gone")
+
+    sender = MetricSender(broken, interval_s=3600, max_pending=3, on_error=errors.append)
+    sender.add([(QUERY_CHARS, float(i)) for i in range(5)])
+    assert sender.dropped == 2
+    sender.flush()  # one report for the flush, not one per update
+    assert len(errors) == 1 and "stub gone" in str(errors[0]) and sender.dropped == 5
+    sender.close()

@@ -1,5 +1,6 @@
 """`make tune` and `make bench` machinery against real tritonservers (short runs on the tiny model)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -43,5 +44,10 @@ def test_bench_reports_every_comparison_from_one_run(built_repo, tmp_path):
         report["runs"]["served_http"]["throughput"] / report["runs"]["served_grpc"]["throughput"], rel=0.01)
     assert report["ratios"]["served_vs_in_process"] == pytest.approx(
         report["runs"]["served_grpc"]["throughput"] / report["runs"]["in_process"]["throughput"], rel=0.01)
+    for config in ("batched", "unbatched"):  # every process that served measured, per answered query
+        cpu = report["cpu_ms_per_query"][config]
+        assert {"tritonserver", "tokenizer", "embedder", "ranker", "postprocess", "perf_analyzer"} <= set(cpu)
+        assert all(cpu[p] > 0 for p in ("tritonserver", "tokenizer", "embedder", "ranker", "perf_analyzer"))
+        assert 0 < cpu["cores_busy"] <= 2 * (os.cpu_count() or 1)
     markdown = report_markdown(report)
-    assert "max_batch_size 1" in markdown and "tokenizer_compute_share" in markdown
+    assert "max_batch_size 1" in markdown and "tokenizer_compute_share" in markdown and "| perf_analyzer |" in markdown

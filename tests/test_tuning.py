@@ -7,7 +7,7 @@ import pytest
 from shopsearch.errors import ConfigError
 from shopsearch.serving.model_config import read_config
 from shopsearch.serving.serving_bench import compute_shares
-from shopsearch.serving.steps import INSTANCE_COUNT, intra_op_threads
+from shopsearch.serving.steps import intra_op_threads
 from shopsearch.serving.tuner import TuneGrid
 from shopsearch.serving.tuning import ModelSettings, Tuning, current_tuning, unbatched_repository, variant_repository
 from tests.test_model_config import search_models
@@ -78,12 +78,10 @@ def test_unbatched_repository_turns_batching_off_everywhere(built_repo, tmp_path
         assert config.max_batch_size == 1 and not config.HasField("dynamic_batching"), model
 
 
-def test_embedder_instances_share_the_cores_unless_threads_are_set(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert intra_op_threads({"intra_op_threads": "0", INSTANCE_COUNT: "1"}) == 0  # ONNX Runtime decides
-    assert intra_op_threads({"intra_op_threads": "0", INSTANCE_COUNT: "2"}) == 4
-    assert intra_op_threads({"intra_op_threads": "0", INSTANCE_COUNT: "16"}) == 1
-    assert intra_op_threads({"intra_op_threads": "3", INSTANCE_COUNT: "2"}) == 3
+def test_served_sessions_run_one_thread_unless_threads_are_set():
+    assert intra_op_threads({"intra_op_threads": "0"}) == 1  # Triton parallelises across requests instead
+    assert intra_op_threads({}) == 1
+    assert intra_op_threads({"intra_op_threads": "3"}) == 3
 
 
 def test_compute_shares_are_deltas_of_execution_time():

@@ -16,8 +16,8 @@ import numpy as np
 from shopsearch.errors import InvalidInputError, ShopSearchError
 from shopsearch.serving.rec_steps import REC_STEP_TYPES
 from shopsearch.serving.repository import read_version_params
-from shopsearch.serving.step_metrics import METRIC_SPECS, merged, observations
-from shopsearch.serving.steps import INSTANCE_COUNT, STEP_TYPES
+from shopsearch.serving.step_metrics import METRIC_SPECS, MetricSender, MetricSpec, observations
+from shopsearch.serving.steps import STEP_TYPES
 
 
 class TritonStepModel:
@@ -35,19 +35,20 @@ class TritonStepModel:
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        params[INSTANCE_COUNT] = str(sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         # A version's own parameters win: after a deploy, two generations share one config.pbtxt.
         params.update(read_version_params(version_dir))
         self.step = {**STEP_TYPES, **REC_STEP_TYPES}[self.step_name].from_artifacts(version_dir, params)
         self.step.name = self.model_name  # errors name the model (rec_ranker runs the ranker step)
-        self._families, self._metrics = [], {}
+        self._families, self._metrics, self._sender = [], {}, None
         if params.get("custom_metrics", "1") == "1":
             try:
                 self._register_metrics(args["model_version"])
             except Exception:  # noqa: BLE001 - a model serves without its custom metrics rather than not at all
                 self._families, self._metrics = [], {}
                 self.logger.log_warn(f"{self.model_name}: custom metrics disabled: {traceback.format_exc()}")
+        if self._metrics:
+            self._sender = MetricSender(self._send_metric, on_error=self._metric_failed)
         self.logger.log_info(f"{self.model_name}: loaded step '{self.step_name}' from {version_dir}")
 
     def _register_metrics(self, version: str) -> None:
@@ -59,16 +60,21 @@ class TritonStepModel:
             self._metrics[spec.name] = (family.Metric(labels=labels, buckets=list(spec.buckets)) if spec.kind == "histogram"
                                         else family.Metric(labels=labels))
 
+    def _send_metric(self, spec: MetricSpec, value: float) -> None:
+        metric = self._metrics[spec.name]
+        if spec.kind == "histogram":
+            metric.observe(value)
+        else:
+            metric.increment(value)
+
+    def _metric_failed(self, exc: BaseException) -> None:
+        self.logger.log_warn(f"{self.model_name}: metrics: {''.join(traceback.format_exception(exc))}")
+
     def _record(self, requests: list[dict], outcomes: list) -> None:
-        if not self._metrics:
+        if self._sender is None:
             return
         try:
-            for spec, value in merged(observations(self.step_name, requests, outcomes)):
-                metric = self._metrics[spec.name]
-                if spec.kind == "histogram":
-                    metric.observe(value)
-                else:
-                    metric.increment(value)
+            self._sender.add(observations(self.step_name, requests, outcomes))
         except Exception:  # noqa: BLE001 - metrics must never fail a request
             self.logger.log_warn(f"{self.model_name}: metrics: {traceback.format_exc()}")
 
@@ -105,4 +111,6 @@ class TritonStepModel:
         return responses
 
     def finalize(self) -> None:
+        if self._sender is not None:
+            self._sender.close()  # what the last executions observed is sent before the families go
         self.logger.log_info(f"{self.model_name}: unloaded")

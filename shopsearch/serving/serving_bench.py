@@ -6,12 +6,15 @@
   (perfect batching, no queueing, no transport);
 - dynamic batching on (the repository as built) vs off (`max_batch_size` 1, no batcher) at N;
 - the share of the ensemble's compute spent in each composing model, from Triton's statistics;
-- HTTP vs gRPC at N.
+- HTTP vs gRPC at N;
+- where the cores go: CPU time per answered query of tritonserver, each model's Python stub and
+  perf_analyzer, batched and unbatched (what batching can save, and what it cannot).
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import threading
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 from shopsearch.perf import SweepPoint, run_perf_analyzer
 from shopsearch.pipeline import SearchPipeline
 from shopsearch.serving.repository import BUILD_MANIFEST
-from shopsearch.serving.server import TritonServer
+from shopsearch.serving.server import TritonServer, process_cpu_seconds, stub_processes
 from shopsearch.serving.tuner import machine_description
 from shopsearch.serving.tuning import TUNED_MODELS, Tuning, current_tuning, unbatched_repository, variant_repository
 
@@ -125,6 +128,29 @@ def _median_point(points: list[SweepPoint]) -> dict:
             "p99_ms": round(median([p.p99_ms for p in points]), 2), "rounds": [_point(p) for p in points]}
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # children that exited and were waited for
+    return usage.ru_utime + usage.ru_stime
+
+
+def _answered(client, model: str = "search") -> int:
+    return int(client.get_inference_statistics(model).model_stats[0].inference_count)
+
+
+def cpu_per_query_ms(before: dict[str, float], after: dict[str, float], queries: int) -> dict[str, float]:
+    """CPU milliseconds per answered query of each process, from two readings of CPU seconds."""
+    return {name: round((after[name] - before[name]) * 1000 / queries, 3) for name in after if queries}
+
+
+def _process_cpu(server: TritonServer) -> dict[str, float]:
+    """CPU seconds so far of tritonserver and of each Python stub, named by the model it serves."""
+    readings = {"tritonserver": process_cpu_seconds(server.process.pid)}
+    for pid, model_file in stub_processes(server.process.pid).items():
+        name = Path(model_file).parent.parent.name
+        readings[name] = readings.get(name, 0.0) + process_cpu_seconds(pid)  # instances of one model add up
+    return readings
+
+
 def _serve_and_measure(repo: Path, input_data: Path, work: Path, concurrency: int, measurement_ms: int,
                        composing: tuple[str, ...] = (), http: bool = False) -> dict:
     import tritonclient.grpc as grpcclient
@@ -133,7 +159,15 @@ def _serve_and_measure(repo: Path, input_data: Path, work: Path, concurrency: in
     with TritonServer(repo, log_path=work / "tritonserver.log") as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         before = execution_compute_ns(client, composing)
+        cpu_before = {**_process_cpu(server), "perf_analyzer": _children_cpu_seconds()}
+        answered = _answered(client)
+        started = time.perf_counter()
         out["grpc"] = run_perf_analyzer("search", server.grpc_url, input_data, [concurrency], work / "csv", measurement_ms)[0]
+        elapsed = time.perf_counter() - started
+        cpu_after = {**_process_cpu(server), "perf_analyzer": _children_cpu_seconds()}
+        answered = _answered(client) - answered
+        out["cpu_ms_per_query"] = cpu_per_query_ms(cpu_before, cpu_after, answered)
+        out["cores_busy"] = round(sum(cpu_after[n] - cpu_before[n] for n in cpu_after) / elapsed, 2)
         out["compute_ns"] = {m: n - before[m] for m, n in execution_compute_ns(client, composing).items()}
         client.close()
         if http:
@@ -156,18 +190,24 @@ def bench_serving(repo: Path, input_data: Path, work: Path, concurrency: int = 1
                                            Tuning({"tokenizer": current_tuning(repo).settings("embedder")}), batch_isolated=True)
     measured: dict[str, list] = {"served_grpc": [], "served_http": [], "unbatched_grpc": [], "tokenizer_batched_grpc": []}
     spent: dict[str, int] = {}
+    cpu_rounds: dict[str, list[dict]] = {"batched": [], "unbatched": []}
     for r in range(rounds):
         batched = _serve_and_measure(repo, input_data, work / f"batched_{r}", concurrency, measurement_ms, composing, http=True)
         measured["served_grpc"].append(batched["grpc"])
         measured["served_http"].append(batched["http"])
         for model, ns in batched["compute_ns"].items():
             spent[model] = spent.get(model, 0) + ns
-        measured["unbatched_grpc"].append(_serve_and_measure(unbatched, input_data, work / f"unbatched_{r}", concurrency, measurement_ms)["grpc"])
+        off = _serve_and_measure(unbatched, input_data, work / f"unbatched_{r}", concurrency, measurement_ms)
+        measured["unbatched_grpc"].append(off["grpc"])
+        for name, run in (("batched", batched), ("unbatched", off)):
+            cpu_rounds[name].append({**run["cpu_ms_per_query"], "cores_busy": run["cores_busy"]})
         measured["tokenizer_batched_grpc"].append(
             _serve_and_measure(tokenizer_batched, input_data, work / f"tokenizer_batched_{r}", concurrency, measurement_ms)["grpc"])
         log(f"round {r + 1}/{rounds} c{concurrency}: " + ", ".join(
             f"{name} {points[-1].throughput:.1f} q/s p99 {points[-1].p99_ms:.1f} ms" for name, points in measured.items()))
     runs: dict[str, dict] = {name: _median_point(points) for name, points in measured.items()}
+    cpu = {name: {key: round(float(np.median([r[key] for r in per_round])), 3) for key in per_round[0]}
+           for name, per_round in cpu_rounds.items()}
     shares = compute_shares({m: 0 for m in spent}, spent)
     runs["in_process"] = bench_in_process(repo, queries, concurrency, in_process_seconds)
     log(f"in-process c{concurrency}: {runs['in_process']['throughput']:.1f} q/s, p99 {runs['in_process']['p99_ms']:.1f} ms")
@@ -196,6 +236,7 @@ def bench_serving(repo: Path, input_data: Path, work: Path, concurrency: int = 1
         "rounds": rounds,
         "runs": runs,
         "compute_share": {m: round(v, 4) for m, v in shares.items()},
+        "cpu_ms_per_query": cpu,
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "targets": {name: {"value": round(ratios[name], 3), "target": f"{op} {bound}",
                            "met": ratios[name] >= bound if op == ">=" else ratios[name] <= bound}
@@ -234,5 +275,15 @@ def report_markdown(report: dict) -> str:
                      f"{('yes' if target['met'] else 'NO') if target else '-'} |")
     lines += ["", "Share of composing-model compute (Triton batch statistics, gRPC runs of all rounds): "
               + ", ".join(f"{m} {v:.1%}" for m, v in report["compute_share"].items()), ""]
+    cpu = report.get("cpu_ms_per_query")
+    if cpu:
+        names_in_order = [n for n in cpu["batched"] if n != "cores_busy"]
+        lines += ["CPU per answered query (ms; medians over the rounds; gRPC runs): where the 2 cores go.", "",
+                  "| process | batched | max_batch_size 1 | saved by batching |", "|---|---|---|---|"]
+        for name in names_in_order + ["total"]:
+            on = sum(cpu["batched"][n] for n in names_in_order) if name == "total" else cpu["batched"][name]
+            off = sum(cpu["unbatched"][n] for n in names_in_order) if name == "total" else cpu["unbatched"].get(name, 0.0)
+            lines.append(f"| {name} | {on:.3f} | {off:.3f} | {off - on:+.3f} |")
+        lines += [f"| cores busy | {cpu['batched']['cores_busy']} | {cpu['unbatched']['cores_busy']} | |", ""]
     lines += ["Settings: " + "; ".join(f"{m}: {s}" for m, s in sorted(report["repository"]["settings"].items())), ""]
     return "\n".join(lines)

@@ -8,7 +8,8 @@ registers them through `pb_utils.MetricFamily`; `observations` is plain Python, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,3 +98,57 @@ def merged(updates: Sequence[tuple[MetricSpec, float]]) -> list[tuple[MetricSpec
         else:
             out.append((spec, value))
     return out + [(spec, total) for spec, total in counters.items() if total]
+
+
+class MetricSender:
+    """Takes a step's metric updates off the request path.
+
+    Each update the Python backend sends (`Metric.increment` / `observe`) is a round trip from the
+    stub to the server process: about 0.2 ms per tokenizer request under load on the 2-core CI
+    machine, for two histogram samples. `add` only appends under a lock; a daemon thread sends
+    what accumulated every `interval_s` (counters merged into one increment, every histogram sample
+    kept), and `close` sends the rest. The backend releases the GIL while an update travels, so
+    sending overlaps the next execution. At most `max_pending` updates wait; beyond that the
+    newest are dropped and counted (a stalled server must not grow the stub without bound).
+    """
+
+    def __init__(self, send: Callable[[MetricSpec, float], None], interval_s: float = 0.5, max_pending: int = 100_000,
+                 on_error: Callable[[BaseException], None] | None = None):
+        self._send, self._interval_s, self._max_pending = send, interval_s, max_pending
+        self._on_error = on_error
+        self._pending: list[tuple[MetricSpec, float]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="shopsearch-metrics", daemon=True)
+        self._thread.start()
+
+    def add(self, updates: Sequence[tuple[MetricSpec, float]]) -> None:
+        with self._lock:
+            room = self._max_pending - len(self._pending)
+            self._pending.extend(updates[:max(room, 0)])
+            self.dropped += max(len(updates) - max(room, 0), 0)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        updates = merged(pending)
+        for i, (spec, value) in enumerate(updates):
+            try:
+                self._send(spec, value)
+            except Exception as exc:  # noqa: BLE001 - metrics must never take the model down
+                # One report per flush, and the rest of this flush dropped: a broken metrics
+                # channel must not flood the log once per update.
+                self.dropped += len(updates) - i
+                if self._on_error is not None:
+                    self._on_error(exc)
+                return
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.flush()
