@@ -154,11 +154,14 @@ LEXICAL_FEATURE_NAMES = (  # the query/product-text features of FEATURE_NAMES, i
 
 
 def lexical_features(lexical: LexicalScorer, text: str, rows: np.ndarray, n_lexical: int,
-                     scored: tuple[np.ndarray, np.ndarray, int] | None = None) -> np.ndarray:
+                     scored: tuple[np.ndarray, np.ndarray, int] | None = None,
+                     lexical_top: np.ndarray | None = None) -> np.ndarray:
     """LEXICAL_FEATURE_NAMES of `rows` for one query [len(rows), 8]; BM25 ranks count within the
-    query's `n_lexical` best. `scored`: lexical.score(text), when the caller has it already."""
+    query's `n_lexical` best. `scored`: lexical.score(text), and `lexical_top`: its ordered best
+    `n_lexical`, when the caller has them already."""
     bm25, coverage, n_terms = scored if scored is not None else lexical.score(text)
-    lexical_top = _ordered_top(bm25, n_lexical, positive_only=True)
+    if lexical_top is None:
+        lexical_top = _ordered_top(bm25, n_lexical, positive_only=True)
     best_bm25 = float(bm25.max()) if bm25.size else 0.0
     return np.stack([
         bm25[rows],
@@ -193,17 +196,24 @@ class HybridRanker:
         self.dense, self.lexical, self.reranker = dense, lexical, reranker
         self.n_dense, self.n_lexical = n_dense, n_lexical
 
-    def candidates(self, text: str, query_vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate rows (dense top ∪ BM25 top) and their features [m, len(FEATURE_NAMES)]."""
-        dense_scores = self.dense.vectors @ query_vector.astype(np.float32)
+    def candidates(self, text: str, query_vector: np.ndarray,
+                   dense_top: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate rows (dense top ∪ BM25 top) and their features [m, len(FEATURE_NAMES)].
+        `dense_top`: the query's `n_dense` best rows by dense score, best first (`rank` finds
+        them for a whole batch in one exact search); searched here when not given."""
+        query_vector = query_vector.astype(np.float32)
+        if dense_top is None:
+            dense_top = self.dense.search(query_vector[None, :], self.n_dense)[0][0]
         scored = self.lexical.score(text)
-        dense_top = _ordered_top(dense_scores, self.n_dense)
         lexical_top = _ordered_top(scored[0], self.n_lexical, positive_only=True)
         rows = np.unique(np.concatenate([dense_top, lexical_top]))
-        lexical = lexical_features(self.lexical, text, rows, self.n_lexical, scored)
+        # Dense scores of the candidates only (a few hundred rows), not of the whole catalog.
+        dense_scores = self.dense.vectors[rows] @ query_vector
+        best_dense = float(self.dense.vectors[dense_top[0]] @ query_vector)
+        lexical = lexical_features(self.lexical, text, rows, self.n_lexical, scored, lexical_top)
         features = np.column_stack([
-            dense_scores[rows],
-            dense_scores[rows] - dense_scores[dense_top[0]],
+            dense_scores,
+            dense_scores - best_dense,
             _rank_recip(dense_scores, rows, dense_top),
             lexical[:, :6],
             np.log1p(self.lexical.popularity[rows]),
@@ -219,8 +229,9 @@ class HybridRanker:
             raise ArtifactError("hybrid ranker: no re-ranker loaded")
         indices = np.full((len(texts), k), -1, dtype=np.int64)
         scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
+        dense_tops = self.dense.search(query_vectors, self.n_dense)[0] if len(texts) else []
         for i, (text, vector) in enumerate(zip(texts, query_vectors)):
-            rows, features = self.candidates(text, vector)
+            rows, features = self.candidates(text, vector, dense_tops[i])
             if pool_sizes is not None:
                 pool_sizes.append(len(rows))
             row_scores = self.reranker(features)

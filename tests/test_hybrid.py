@@ -40,6 +40,30 @@ def test_candidates_are_the_union_of_dense_and_lexical_tops_with_finite_features
     assert features[list(rows).index(3), FEATURE_NAMES.index("bm25_norm")] == pytest.approx(1.0)
 
 
+def test_candidate_features_equal_scoring_the_whole_catalog_and_batched_rank_equals_one_by_one():
+    rng = np.random.default_rng(3)
+    products = [Product(f"p{i}", f"{rng.choice(['steel', 'angle', 'deck', 'drill', 'paint'])} item {i}") for i in range(300)]
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    dense = CatalogIndex(vectors, "test")
+    hybrid = HybridRanker(dense, LexicalScorer.build(products), lambda f: f[:, 0] + f[:, 5], n_dense=20, n_lexical=20)
+    queries = rng.standard_normal((6, 16)).astype(np.float32)
+    texts = ["steel angle", "deck paint", "drill", "zzzz", "item 7", "angle"]
+    for text, q in zip(texts, queries):
+        rows, features = hybrid.candidates(text, q)
+        everything = vectors @ q  # the reference: every product scored
+        dense_top = np.argsort(-everything, kind="stable")[:20]
+        assert set(dense_top) <= set(rows)
+        np.testing.assert_allclose(features[:, FEATURE_NAMES.index("dense_score")], everything[rows], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(features[:, FEATURE_NAMES.index("dense_gap")], everything[rows] - everything.max(),
+                                   rtol=1e-5, atol=1e-5)
+        expected_recip = [1 / (1 + list(dense_top).index(r)) if r in dense_top else 0.0 for r in rows]
+        np.testing.assert_allclose(features[:, FEATURE_NAMES.index("dense_rank_recip")], expected_recip)
+    batched = hybrid.rank(texts, queries, k=10)
+    one_by_one = [hybrid.rank([t], q[None, :], k=10) for t, q in zip(texts, queries)]
+    np.testing.assert_array_equal(batched[0], np.concatenate([o[0] for o in one_by_one]))
+    np.testing.assert_allclose(batched[1], np.concatenate([o[1] for o in one_by_one]), rtol=1e-6)
+
+
 def test_a_query_with_no_known_term_still_gets_dense_candidates():
     dense = _dense()
     hybrid = HybridRanker(dense, LexicalScorer.build(PRODUCTS), lambda f: f[:, 0], n_dense=3, n_lexical=3)

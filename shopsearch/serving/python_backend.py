@@ -17,7 +17,7 @@ from shopsearch.errors import InvalidInputError, ShopSearchError
 from shopsearch.serving.rec_steps import REC_STEP_TYPES
 from shopsearch.serving.repository import read_version_params
 from shopsearch.serving.step_metrics import METRIC_SPECS, MetricSender, MetricSpec, observations
-from shopsearch.serving.steps import STEP_TYPES
+from shopsearch.serving.steps import STEP_TYPES, serving_thread_limits
 
 
 class TritonStepModel:
@@ -29,6 +29,7 @@ class TritonStepModel:
         import triton_python_backend_utils as pb_utils
 
         self.pb = pb_utils
+        self._thread_limits = serving_thread_limits()
         self.logger = pb_utils.Logger
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]

@@ -25,6 +25,7 @@ from shopsearch.perf import SweepPoint, run_perf_analyzer
 from shopsearch.pipeline import SearchPipeline
 from shopsearch.serving.repository import BUILD_MANIFEST
 from shopsearch.serving.server import TritonServer, process_cpu_seconds, stub_processes
+from shopsearch.serving.steps import serving_thread_limits
 from shopsearch.serving.tuner import machine_description
 from shopsearch.serving.tuning import TUNED_MODELS, Tuning, current_tuning, unbatched_repository, variant_repository
 
@@ -62,7 +63,13 @@ def compute_shares(before: dict[str, int], after: dict[str, int]) -> dict[str, f
 
 
 def bench_in_process(repo: Path, queries: list[str], concurrency: int, seconds: float) -> dict:
-    """N threads, each sending one query at a time to the in-process pipeline, for `seconds`."""
+    """N threads, each sending one query at a time to the in-process pipeline, for `seconds`
+    (numpy's BLAS capped at one thread, as in each served model's process)."""
+    with serving_thread_limits():
+        return _in_process_threads(repo, queries, concurrency, seconds)
+
+
+def _in_process_threads(repo: Path, queries: list[str], concurrency: int, seconds: float) -> dict:
     pipeline = SearchPipeline.from_repository(repo)
     for query in queries[:8]:
         pipeline.search([query])  # warm up sessions and caches, as perf_analyzer's first window does
@@ -98,6 +105,11 @@ def bench_in_process(repo: Path, queries: list[str], concurrency: int, seconds: 
 def bench_in_process_batched(repo: Path, queries: list[str], batch_size: int, seconds: float) -> dict:
     """One caller sending `batch_size` queries per call: in-process with ideal batching, no waiting
     for a batch to fill. Each query's latency is its batch's."""
+    with serving_thread_limits():
+        return _in_process_batches(repo, queries, batch_size, seconds)
+
+
+def _in_process_batches(repo: Path, queries: list[str], batch_size: int, seconds: float) -> dict:
     pipeline = SearchPipeline.from_repository(repo)
     pipeline.search(queries[:batch_size])
     latencies, done, i = [], 0, 0

@@ -54,6 +54,17 @@ def intra_op_threads(params: Mapping[str, str]) -> int:
     return threads if threads > 0 else 1
 
 
+def serving_thread_limits():
+    """Caps numpy's BLAS thread pool at one thread in this process; returns the (global) limit.
+
+    A served model's process shares the cores as above, and OpenBLAS threads busy-wait after
+    each call: the Home Depot ranker (dense scores of its few hundred candidates) used 2x its wall
+    time in CPU with the default pool of two and 1x with one, at the same wall time."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _param(params: Mapping[str, str], model: str, key: str) -> str:
     if key not in params:
         raise ArtifactError(f"{model}: config.pbtxt parameter '{key}' is missing")
