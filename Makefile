@@ -28,8 +28,11 @@ LOAD_VENV := .venv-load
 USERS ?= 16
 DURATION ?= 60s
 # Instances and dynamic batching per model, written by `make tune`; build-repo applies it when present.
-TUNING ?= tuning/$(TARGET).json
+TUNING ?= tuning/$(TARGET)$(if $(filter synthetic,$(DATA)),,_$(DATA)).json
 CONCURRENCY ?= 16
+# perf_analyzer --input-data for the search ensemble (tune, bench, perf-sweep): the committed file for
+# the synthetic shop, generated from DATA's dev queries otherwise (shared data is never committed).
+PERF_QUERIES ?= $(if $(filter synthetic,$(DATA)),loadtests/perf_data/search_queries.json,artifacts/perf_data/$(DATA)_queries.json)
 # make eval: training variants measured beside the served ensemble, e.g. ABLATION="base=artifacts/checkpoints/a kd=artifacts/checkpoints/b"
 ABLATION ?=
 # Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
@@ -119,14 +122,17 @@ eval: venv ## served ensemble (own server, or URL=...) vs in-process vs BM25 on 
 
 evaluate: eval ## alias of eval
 
-perf-sweep: venv ## perf_analyzer over gRPC for every model and the ensemble against the running server -> reports/perf_sweep/
-	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT)
+artifacts/perf_data/%_queries.json: | venv
+	$(BIN)/shopsearch write-perf-queries $(DATA_ARGS) --out $@
 
-tune: venv ## sweep instances + dynamic batching per model of $(REPO) (own servers, perf_analyzer) -> $(TUNING), applied by build-repo
-	$(PY) loadtests/tune.py --repo $(REPO) --out $(TUNING) --concurrency $(CONCURRENCY)
+perf-sweep: venv $(PERF_QUERIES) ## perf_analyzer over gRPC for every model and the ensemble against the running server -> reports/perf_sweep/
+	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT) --queries $(PERF_QUERIES)
 
-bench: venv ## served gRPC vs in-process, batching on vs off, compute share, HTTP vs gRPC on $(REPO) -> reports/bench/
-	$(PY) loadtests/bench_serving.py --repo $(REPO) --concurrency $(CONCURRENCY) --out reports/bench
+tune: venv $(PERF_QUERIES) ## sweep instances + dynamic batching per model of $(REPO) (own servers, perf_analyzer) -> $(TUNING), applied by build-repo
+	$(PY) loadtests/tune.py --repo $(REPO) --out $(TUNING) --concurrency $(CONCURRENCY) --queries $(PERF_QUERIES)
+
+bench: venv $(PERF_QUERIES) ## served gRPC vs in-process, batching on vs off, compute share, CPU per query, HTTP vs gRPC on $(REPO) -> reports/bench/
+	$(PY) loadtests/bench_serving.py --repo $(REPO) --concurrency $(CONCURRENCY) --out reports/bench --queries $(PERF_QUERIES)
 
 loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (HTTP + gRPC users) against the running server; fails when loadtests/slo.toml is broken
 	mkdir -p reports/loadtest

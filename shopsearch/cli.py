@@ -223,6 +223,17 @@ def cmd_write_data(args) -> None:
     print(json.dumps({"written": args.out, **dataset.stats(), "fingerprint": dataset.fingerprint()}, indent=2))
 
 
+def cmd_write_perf_queries(args) -> None:
+    from shopsearch.data import load_dataset
+    from shopsearch.perf import ensemble_input_data
+
+    data = ensemble_input_data(load_dataset(args.data, args.data_dir), args.queries)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=0) + "\n")
+    print(f"written: {out} ({len(data['data'])} {args.data} dev queries, perf_analyzer --input-data for `search`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopsearch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_write_data)
+
+    p = sub.add_parser("write-perf-queries", help="perf_analyzer --input-data for the search ensemble from a dataset's dev queries")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--queries", type=int, default=200, help="how many distinct dev queries (sorted)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_write_perf_queries)
     return parser
 
 

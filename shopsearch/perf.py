@@ -57,6 +57,15 @@ def _entry(arrays: dict[str, np.ndarray]) -> dict:
     return entry
 
 
+def ensemble_input_data(dataset, n: int = 200) -> dict:
+    """perf_analyzer --input-data for the `search` ensemble: the first `n` distinct dev queries of
+    `dataset` in sorted order (string inputs cannot be random; sorted keeps the file reproducible)."""
+    queries = sorted(set(dataset.split("dev")[0].values()))[:n]
+    if not queries:
+        raise ShopSearchError(f"dataset {dataset.name}: no dev queries to write perf_analyzer input data from")
+    return {"data": [_entry({QUERY: np.array([query])}) for query in queries]}
+
+
 def write_input_data(repo: Path, queries: list[str], out_dir: Path) -> dict[str, Path]:
     """One perf_analyzer --input-data file per model, from real queries: each inner model gets the
     tensors the step before it really produces (e.g. token ids inside the vocabulary). Input names

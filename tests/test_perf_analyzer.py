@@ -5,15 +5,21 @@ from pathlib import Path
 
 import pytest
 
+from shopsearch.cli import main
 from shopsearch.perf import plot_sweep, run_perf_analyzer, summary_markdown, write_input_data
 
 pytestmark = pytest.mark.integration
 QUERIES = Path(__file__).resolve().parents[1] / "loadtests" / "perf_data" / "search_queries.json"
 
 
-def test_committed_query_data_is_perf_analyzer_input_for_the_ensemble():
+def test_committed_query_data_is_perf_analyzer_input_for_the_ensemble_and_regenerates_exactly(tmp_path):
     data = json.loads(QUERIES.read_text())["data"]
     assert len(data) >= 100 and all(row["QUERY"]["shape"] == [1] for row in data)
+    # `make bench DATA=...` writes the same kind of file for any dataset; for the synthetic shop it
+    # must be the committed one, byte for byte in content.
+    out = tmp_path / "queries.json"
+    assert main(["write-perf-queries", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(QUERIES.read_text())
 
 
 def test_input_data_for_inner_models_comes_from_the_real_pipeline(built_repo, tmp_path):
