@@ -23,6 +23,8 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 URL ?= 127.0.0.1:$(HTTP_PORT)
 Q ?= red running shoes
+# e.g. SERVE_ARGS=--exit-after-ready: serve, answer the example queries, stop (a smoke test of `make demo`)
+SERVE_ARGS ?=
 PYTEST_ARGS ?=
 LOAD_VENV := .venv-load
 USERS ?= 16
@@ -37,10 +39,13 @@ PERF_QUERIES ?= $(if $(filter synthetic,$(DATA)),loadtests/perf_data/search_quer
 ABLATION ?=
 # Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
 REC_CHECKPOINT ?= artifacts/checkpoints/rec_$(DATA)
+REC_RECIPE ?= training/recipes/rec_$(DATA).toml
 # Search checkpoint whose encoder embeds item titles for the recommender (cold start).
 TITLE_ENCODER ?= artifacts/checkpoints/synthetic
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+# Test tiers (markers in pyproject.toml): the unit tier is every test without one.
+UNIT_TIER := not (training or multiprocess or integration or gpu or tensorrt)
 
 .PHONY: train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
@@ -54,7 +59,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@# The Python backend stub and libpython it links against (Debian: libpython3.11).
-	@ldd $$($(PY) -c "from shopsearch.serving.server import find_triton; print(find_triton().stub_source)") | grep -q "not found" \
+	@ldd $$($(PY) -c "from shopsearch.ops.server import find_triton; print(find_triton().stub_source)") | grep -q "not found" \
 		&& { { apt-get update -qq && apt-get install -y -qq libpython3.11; } || { echo "error: install libpython3.11"; exit 1; }; } || true
 	$(BIN)/shopsearch setup-triton
 	touch $@
@@ -80,7 +85,7 @@ train: venv ## train tokenizer + bi-encoder (+ distillation, re-ranker) from $(R
 
 train-rec: venv ## train the sequential recommender on DATA's interactions into $(REC_CHECKPOINT) (titles embedded by $(TITLE_ENCODER))
 	$(PY) training/train_recommender.py --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(REC_CHECKPOINT) \
-		--search-checkpoint $(TITLE_ENCODER)
+		--recipe $(REC_RECIPE) --search-checkpoint $(TITLE_ENCODER)
 
 train-reranker: venv ## stage 2 only: re-train the hybrid re-ranker on $(CHECKPOINT)'s bi-encoder (recipe needs rerank_holdout)
 	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) --reranker-only
@@ -95,8 +100,8 @@ bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/bench_models.py --checkpoint $(CHECKPOINT) --repo $(REPO) --out reports/bench_models.json
 
-serve: venv ## start tritonserver on 127.0.0.1 with $(REPO), show example queries, wait for Ctrl-C
-	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+serve: venv ## start tritonserver on 127.0.0.1 with the models $(REPO)'s build lists, show example queries, wait for Ctrl-C
+	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
 
 deploy: venv ## publish $(CHECKPOINT) over DATA's catalog as the next generation of the running `make serve`, under traffic
 	$(BIN)/shopsearch deploy --repo $(REPO) --url $(URL) --checkpoint $(CHECKPOINT) $(DATA_ARGS)
@@ -147,9 +152,9 @@ data: venv ## write the dataset in the project's jsonl format to artifacts/data/
 test: venv $(LOAD_VENV)/.installed ## run the whole test suite (unit + integration against a real tritonserver)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-unit: venv ## fast unit tests only
-	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+test-unit: venv ## the unit tier: trains nothing, starts no server (under 30 s on 2 cores; prints its time)
+	@TIMEFORMAT='unit tier: %R s wall'; time $(BIN)/pytest -m "$(UNIT_TIER)" $(PYTEST_ARGS)
 
-clean: ## remove trained and built artifacts (keeps .venv and the model.py adapters)
+clean: ## remove trained and built artifacts and the built model_repository/ (keeps .venv)
 	rm -rf artifacts reports
 	git clean -fdXq $(REPO)

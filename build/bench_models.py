@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shopsearch.bench import bench_models, format_table, write_report
+from shopsearch.perf.bench_models import bench_models, format_table, write_report
 from shopsearch.errors import ShopSearchError
 
 

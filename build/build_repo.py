@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from shopsearch.build import BuildOptions, build_repository
+from shopsearch.build.options import BuildOptions
+from shopsearch.build.search import build_repository
 from shopsearch.errors import ShopSearchError
-from shopsearch.recipes import load_recipe
-from shopsearch.serving.tuning import Tuning
+from shopsearch.train.recipes import load_recipe
+from shopsearch.triton.tuning import Tuning
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from shopsearch.errors import ShopSearchError
-from shopsearch.serving.serving_bench import bench_serving, report_markdown
+from shopsearch.perf.bench_serving import bench_serving, report_markdown
 
 DEFAULT_QUERIES = Path(__file__).parent / "perf_data" / "search_queries.json"
 

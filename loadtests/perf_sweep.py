@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from shopsearch.errors import ShopSearchError
-from shopsearch.perf import plot_sweep, run_perf_analyzer, summary_markdown, write_input_data
+from shopsearch.perf.perf_analyzer import plot_sweep, run_perf_analyzer, summary_markdown, write_input_data
 
 DEFAULT_QUERIES = Path(__file__).parent / "perf_data" / "search_queries.json"
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from shopsearch.errors import ShopSearchError
-from shopsearch.serving.tuner import TuneGrid, describe, tune
+from shopsearch.perf.tune import TuneGrid, describe, tune
 
 DEFAULT_QUERIES = Path(__file__).parent / "perf_data" / "search_queries.json"
 

@@ -11,8 +11,7 @@ import threading
 from pathlib import Path
 
 from shopsearch.errors import ShopSearchError
-
-ADMIN_KEY_FILE = "artifacts/admin.key"
+from shopsearch.ops.admin_key import ADMIN_KEY_FILE
 DEMO_QUERIES = {
     "synthetic": ("red running shoes", "stainless steel frying pan 12 inch", "queen linen duvet cover",
                   "cordless drill 20v", "wireless earbuds noise cancelling", "couch grey velvet"),
@@ -21,7 +20,7 @@ DEMO_QUERIES = {
 
 
 def cmd_setup_triton(args) -> None:
-    from shopsearch.serving.server import find_triton, install_python_backend_stub
+    from shopsearch.ops.server import find_triton, install_python_backend_stub
 
     stub = install_python_backend_stub()
     missing = subprocess.run(["ldd", str(stub)], capture_output=True, text=True).stdout
@@ -38,10 +37,11 @@ def print_hits(query: str, hits) -> None:
 
 
 def cmd_serve(args) -> None:
-    from shopsearch.serving.client import SearchClient
-    from shopsearch.serving.deploy import ensure_admin_key
-    from shopsearch.serving.server import TritonServer
-    from shopsearch.serving.supervisor import Supervisor
+    from shopsearch.clients.search import SearchClient
+    from shopsearch.ops.admin_key import ensure_admin_key
+    from shopsearch.ops.server import TritonServer
+    from shopsearch.ops.supervisor import Supervisor
+    from shopsearch.triton.repository import built_models
 
     repo = Path(args.repo)
     log_path = Path(args.log) if args.log else None
@@ -62,7 +62,7 @@ def cmd_serve(args) -> None:
         for query, hits in zip(queries, client.search(list(queries))):
             print_hits(query, hits[:5])
         client.close()
-        if (repo / "recommend").is_dir():
+        if "recommend" in built_models(repo):
             show_recommendations(server.grpc_url)
         print(
             f"\ntritonserver is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
@@ -88,7 +88,7 @@ def print_recommendation(title: str, rec) -> None:
 
 def show_recommendations(grpc_url: str) -> None:
     """One shopper's next items and one product's neighbours, from the served ensembles."""
-    from shopsearch.serving.rec_client import RecClient
+    from shopsearch.clients.recs import RecClient
 
     client = RecClient(grpc_url)
     popular = client.recommend([[]], top_k=2)[0]  # no history: the popularity answer
@@ -99,7 +99,7 @@ def show_recommendations(grpc_url: str) -> None:
 
 
 def cmd_recommend(args) -> None:
-    from shopsearch.serving.rec_client import RecClient
+    from shopsearch.clients.recs import RecClient
 
     client = RecClient(args.url, args.protocol)
     if args.similar:
@@ -112,10 +112,10 @@ def cmd_recommend(args) -> None:
 
 
 def cmd_evaluate_rec(args) -> None:
-    from shopsearch.recs.build import build_rec_repository
-    from shopsearch.recs.data import load_interactions
-    from shopsearch.recs.report import evaluate_recommenders, markdown, write_report
-    from shopsearch.serving.server import TritonServer
+    from shopsearch.build.recs import build_rec_repository
+    from shopsearch.data.interactions import load_interactions
+    from shopsearch.evaluation.rec_report import evaluate_recommenders, markdown, write_report
+    from shopsearch.ops.server import TritonServer
 
     data = load_interactions(args.data, args.data_dir)
     checkpoint, out = Path(args.checkpoint), Path(args.out)
@@ -134,8 +134,8 @@ def cmd_evaluate_rec(args) -> None:
 
 
 def cmd_supervise(args) -> None:
-    from shopsearch.serving.deploy import read_admin_key
-    from shopsearch.serving.supervisor import Supervisor
+    from shopsearch.ops.admin_key import read_admin_key
+    from shopsearch.ops.supervisor import Supervisor
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -146,7 +146,7 @@ def cmd_supervise(args) -> None:
 
 
 def cmd_query(args) -> None:
-    from shopsearch.serving.client import SearchClient
+    from shopsearch.clients.search import SearchClient
 
     client = SearchClient(args.url, args.protocol)
     for query, hits in zip(args.queries, client.search(args.queries)):
@@ -156,7 +156,7 @@ def cmd_query(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from shopsearch.data import load_dataset
-    from shopsearch.evaluation import report_markdown, write_report, evaluate_repository
+    from shopsearch.evaluation.search import report_markdown, write_report, evaluate_repository
 
     dataset = load_dataset(args.data, args.data_dir)
     ablation = {}
@@ -176,16 +176,18 @@ def cmd_evaluate(args) -> None:
 def cmd_deploy(args) -> None:
     import tempfile
 
-    from shopsearch.serving.deploy import ModelControl, publish, read_admin_key
+    from shopsearch.ops.admin_key import read_admin_key
+    from shopsearch.ops.deploy import ModelControl, publish
 
     repo = Path(args.repo)
     control = ModelControl(args.url, read_admin_key(Path(args.admin_key_file)))
     if args.staged:
         staged = Path(args.staged)
     else:
-        from shopsearch.build import BuildOptions, build_repository
+        from shopsearch.build.options import BuildOptions
+        from shopsearch.build.search import build_repository
         from shopsearch.data import load_dataset
-        from shopsearch.serving.tuning import current_tuning
+        from shopsearch.triton.tuning import current_tuning
 
         # The new generation is built exactly as the served one was (target, precision, tuning).
         manifest = json.loads((repo / "build_manifest.json").read_text())
@@ -206,7 +208,8 @@ def cmd_deploy(args) -> None:
 
 
 def cmd_rollback(args) -> None:
-    from shopsearch.serving.deploy import ModelControl, read_admin_key, rollback
+    from shopsearch.ops.admin_key import read_admin_key
+    from shopsearch.ops.deploy import ModelControl, rollback
 
     control = ModelControl(args.url, read_admin_key(Path(args.admin_key_file)))
     generation = rollback(Path(args.repo), control, to=args.to)
@@ -225,7 +228,7 @@ def cmd_write_data(args) -> None:
 
 def cmd_write_perf_queries(args) -> None:
     from shopsearch.data import load_dataset
-    from shopsearch.perf import ensemble_input_data
+    from shopsearch.perf.perf_analyzer import ensemble_input_data
 
     data = ensemble_input_data(load_dataset(args.data, args.data_dir), args.queries)
     out = Path(args.out)
@@ -237,7 +240,12 @@ def cmd_write_perf_queries(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shopsearch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_server_commands, _deploy_commands, _query_commands, _evaluation_commands, _data_commands):
+        add(sub)
+    return parser
 
+
+def _server_commands(sub) -> None:
     p = sub.add_parser("setup-triton", help="put the Python backend stub in place and check its libraries")
     p.set_defaults(func=cmd_setup_triton)
 
@@ -260,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-interval", type=float, default=5.0)
     p.set_defaults(func=cmd_supervise)
 
+
+def _deploy_commands(sub) -> None:
     p = sub.add_parser("deploy", help="publish a new generation (catalog and/or models) into the served repository, under traffic")
     p.add_argument("--repo", default="model_repository")
     p.add_argument("--url", default="127.0.0.1:8000")
@@ -279,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, default=None, help="a generation still on disk (default: the one before)")
     p.set_defaults(func=cmd_rollback)
 
+
+def _query_commands(sub) -> None:
     p = sub.add_parser("query", help="search the served ensemble")
     p.add_argument("queries", nargs="+")
     p.add_argument("--url", default="127.0.0.1:8000")
@@ -286,6 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_query)
 
+    p = sub.add_parser("recommend", help="next items for a history (or --similar: neighbours of items) from the served ensembles")
+    p.add_argument("ids", nargs="*", help="product ids, oldest first (none: popularity)")
+    p.add_argument("--similar", action="store_true", help="query similar_items instead of recommend")
+    p.add_argument("--exclude", nargs="*", default=[], help="product ids never to return")
+    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_recommend)
+
+
+def _evaluation_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="nDCG@10 / Recall@100 / MRR@10: served ensemble, in-process pipeline and BM25")
     p.add_argument("--repo", default="model_repository")
     p.add_argument("--data", default="synthetic")
@@ -300,15 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure this training variant on the same queries (repeatable; ablation.png)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("recommend", help="next items for a history (or --similar: neighbours of items) from the served ensembles")
-    p.add_argument("ids", nargs="*", help="product ids, oldest first (none: popularity)")
-    p.add_argument("--similar", action="store_true", help="query similar_items instead of recommend")
-    p.add_argument("--exclude", nargs="*", default=[], help="product ids never to return")
-    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address")
-    p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
-    p.add_argument("--top", type=int, default=10)
-    p.set_defaults(func=cmd_recommend)
-
     p = sub.add_parser("evaluate-rec", help="HR@10 / NDCG@10: popularity, transitions, our model in-process and served")
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-dir", default=None)
@@ -317,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for results.md / results.json (and the repository it serves)")
     p.set_defaults(func=cmd_evaluate_rec)
 
+
+def _data_commands(sub) -> None:
     p = sub.add_parser("write-data", help="write a dataset in the project's jsonl format")
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-dir", default=None)
@@ -329,7 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=200, help="how many distinct dev queries (sorted)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_write_perf_queries)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

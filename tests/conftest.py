@@ -1,4 +1,10 @@
-"""Session fixtures: a tiny trained model, its built repository, and one real tritonserver."""
+"""Session fixtures, by tier.
+
+Unit tier (no marker): the tiny synthetic shop and models with random weights made in memory
+(tests/tiny_models.py), built into a repository with the real build; nothing is trained.
+Tiers `training` and `integration`: a tiny *trained* bi-encoder, re-ranker and recommender, their
+INT8 repository and, for `integration`, one real tritonserver for the session.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from shopsearch.build import BuildOptions, build_repository
-from shopsearch.recipes import RECIPE_DIR, load_recipe
-from shopsearch.recs.data import SessionConfig, generate_sessions
-from shopsearch.recs.recipe import train_to_checkpoint
-from shopsearch.recs.training import RecTrainConfig
-from shopsearch.rerank_training import train_reranker_stage
-from shopsearch.training import train_biencoder
+from shopsearch.train.recipes import RECIPE_DIR, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHOPSEARCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+QUIET = lambda m: None  # noqa: E731 - fixtures build without printing
 
 
 def shared_dataset_dir(name: str) -> Path:
@@ -37,44 +38,85 @@ def tiny_dataset(tiny_recipe):
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_recipe, tiny_dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("checkpoint")
-    train_biencoder(tiny_dataset, tiny_recipe.train_config(), out, log=lambda m: None)
-    # The tiny recipe keeps a share of train queries for the re-ranker: the suite serves hybrid ranking.
-    train_reranker_stage(out, tiny_dataset, tiny_recipe.reranker_config(), log=lambda m: None)
-    return out
+def tiny_interactions(tiny_dataset):
+    """Purchase sequences over the tiny shop's catalog, some longer than the model's window."""
+    from shopsearch.data.interactions import SessionConfig, generate_sessions
+
+    return generate_sessions(tiny_dataset.products, SessionConfig(n_users=1500, min_length=3, max_length=20))
 
 
-TINY_REC_CONFIG = RecTrainConfig(hidden_size=32, num_heads=2, max_length=12, epochs=6, negatives=512,
-                                 learning_rate=3e-3, batch_size=64)
+# ---- unit tier: random weights, nothing trained ----------------------------------------------
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
+    """A search checkpoint (bi-encoder + re-ranker) with random weights over the tiny shop."""
+    from tests.tiny_models import random_search_checkpoint
+
+    return random_search_checkpoint(tiny_dataset, tmp_path_factory.mktemp("random_checkpoint"))
 
 
 @pytest.fixture(scope="session")
-def tiny_interactions(tiny_dataset):
-    """Purchase sequences over the tiny shop's catalog, some longer than the model's window."""
-    return generate_sessions(tiny_dataset.products, SessionConfig(n_users=1500, min_length=3, max_length=20))
+def random_rec_checkpoint(tiny_interactions, tmp_path_factory) -> Path:
+    from tests.tiny_models import random_rec_checkpoint as make
+
+    return make(tiny_interactions, tmp_path_factory.mktemp("random_rec_checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def unit_repo(random_checkpoint, random_rec_checkpoint, tiny_dataset, tmp_path_factory) -> Path:
+    """Search (hybrid ranker) + recommendations laid out by the real build from the random
+    checkpoints, INT8 embedder as `make build-repo` lays it out."""
+    from shopsearch.build.options import BuildOptions
+    from shopsearch.build.search import build_repository
+
+    root = tmp_path_factory.mktemp("unit_build")
+    repo = root / "model_repository"
+    build_repository(random_checkpoint, tiny_dataset, repo, root / "work", BuildOptions(intra_op_threads=1),
+                     log=QUIET, rec_checkpoint=random_rec_checkpoint)
+    return repo
+
+
+# ---- training and integration tiers: tiny trained models ---------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_recipe, tiny_dataset, tmp_path_factory) -> Path:
+    from shopsearch.train.biencoder import train_biencoder
+    from shopsearch.train.reranker import train_reranker_stage
+
+    out = tmp_path_factory.mktemp("checkpoint")
+    train_biencoder(tiny_dataset, tiny_recipe.train_config(), out, log=QUIET)
+    # The tiny recipe keeps a share of train queries for the re-ranker: the suite serves hybrid ranking.
+    train_reranker_stage(out, tiny_dataset, tiny_recipe.reranker_config(), log=QUIET)
+    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_rec_checkpoint(tiny_interactions, tiny_checkpoint, tmp_path_factory) -> Path:
+    from shopsearch.train.recipes import load_rec_config
+    from shopsearch.train.recommender import train_to_checkpoint
+
     out = tmp_path_factory.mktemp("rec_checkpoint")
-    train_to_checkpoint(tiny_interactions, TINY_REC_CONFIG, out, tiny_checkpoint, log=lambda m: None)
+    config = load_rec_config(RECIPE_DIR / "rec_tiny.toml", epochs=6)
+    train_to_checkpoint(tiny_interactions, config, out, tiny_checkpoint, log=QUIET)
     return out
 
 
 @pytest.fixture(scope="session")
 def built_repo(tiny_checkpoint, tiny_rec_checkpoint, tiny_dataset, tmp_path_factory) -> Path:
-    """Search + recommendations, as `make demo` builds them."""
+    """Search + recommendations of the trained tiny models, as `make demo` builds them (INT8)."""
+    from shopsearch.build.options import BuildOptions
+    from shopsearch.build.search import build_repository
+
     root = tmp_path_factory.mktemp("build")
     repo = root / "model_repository"
     build_repository(tiny_checkpoint, tiny_dataset, repo, root / "work",
-                     BuildOptions(intra_op_threads=1), log=lambda m: None, rec_checkpoint=tiny_rec_checkpoint)
+                     BuildOptions(intra_op_threads=1), log=QUIET, rec_checkpoint=tiny_rec_checkpoint)
     return repo
 
 
 @pytest.fixture(scope="session")
 def triton_server(built_repo, tmp_path_factory):
-    from shopsearch.serving.server import TritonServer
+    from shopsearch.ops.server import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     server = TritonServer(built_repo, log_path=log)
@@ -83,3 +125,13 @@ def triton_server(built_repo, tmp_path_factory):
     server.stop()
     if server.process is not None:
         raise AssertionError("tritonserver did not stop")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The unit tier trains nothing: a test that asks for a trained fixture must carry a tier marker."""
+    trained = {"tiny_checkpoint", "tiny_rec_checkpoint", "built_repo", "triton_server"}
+    tiers = {"training", "integration", "multiprocess"}
+    for item in items:
+        if trained & set(getattr(item, "fixturenames", ())) and not tiers & {m.name for m in item.iter_markers()}:
+            raise pytest.UsageError(f"{item.nodeid} uses a trained fixture but is in the unit tier: "
+                                    "mark it training or integration")

@@ -17,8 +17,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from shopsearch.serving.server import TritonServer
-from shopsearch.serving.tuning import ModelSettings, Tuning, variant_repository
+from shopsearch.ops.server import TritonServer
+from shopsearch.triton.tuning import ModelSettings, Tuning, variant_repository
 
 pytestmark = pytest.mark.integration
 

@@ -17,17 +17,18 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from shopsearch.build import BuildOptions, build_repository
+from shopsearch.build.options import BuildOptions
+from shopsearch.build.search import build_repository
 from shopsearch.errors import DeployError
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.rerank_training import train_reranker_stage
-from shopsearch.serving.client import SearchClient
-from shopsearch.serving.deploy import (
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.train.reranker import train_reranker_stage
+from shopsearch.clients.search import SearchClient
+from shopsearch.ops.deploy import (
     DeployState, ModelControl, loaded_generations, publish, rollback, serving_generation,
 )
-from shopsearch.serving.server import TritonServer
+from shopsearch.ops.server import TritonServer
 from shopsearch.serving.steps import PRODUCT_IDS, SCORES
-from shopsearch.training import train_biencoder
+from shopsearch.train.biencoder import train_biencoder
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +118,7 @@ class SteadyLoad:
 
 
 def _expected(repo: Path, generation: int, queries: list[str]) -> dict[str, tuple[list[str], np.ndarray]]:
-    hits = SearchPipeline.from_repository(repo, generation=generation).search(queries)
+    hits = InProcessEnsemble.from_repository(repo, generation=generation).search(queries)
     return {q: ([h.product_id for h in row], np.array([h.score for h in row], dtype=np.float32)) for q, row in zip(queries, hits)}
 
 
@@ -172,8 +173,8 @@ def test_catalog_and_embedder_swap_and_rollback_under_load_fail_no_request(ops_s
             mismatched.append((round(started - t_publish, 2), version, query, ids[:3], want_ids[:3]))
     assert mismatched == [], f"{len(mismatched)} responses differ from their generation's results: {mismatched[:3]}"
     # The check has teeth: one generation's embedder with the other's index ranks differently.
-    gen1, gen2 = (SearchPipeline.from_repository(ops_repo, generation=g) for g in (1, 2))
-    mixed = SearchPipeline(gen1.steps[:2] + gen2.steps[2:]).search(queries)
+    gen1, gen2 = (InProcessEnsemble.from_repository(ops_repo, generation=g) for g in (1, 2))
+    mixed = InProcessEnsemble(gen1.steps[:2] + gen2.steps[2:]).search(queries)
     assert sum([h.product_id for h in row] != expected[2][q][0] for q, row in zip(queries, mixed)) > len(queries) // 2
     history = [g["generation"] for g in DeployState.load(ops_repo).generations]
     assert history == [1, 2]
@@ -206,7 +207,7 @@ def test_a_broken_generation_is_refused_before_the_server_is_touched(ops_server,
 def test_an_incompatible_generation_is_refused_before_anything_is_copied(ops_repo, next_generation, tmp_path):
     from google.protobuf import text_format
 
-    from shopsearch.serving.model_config import read_config
+    from shopsearch.triton.repository import read_config
 
     staged = tmp_path / "staged"
     shutil.copytree(next_generation, staged)
@@ -223,7 +224,7 @@ def test_when_triton_refuses_a_generation_the_deploy_is_undone(ops_server, ops_r
     """Past preflight (bypassed here), a load Triton refuses undoes the deploy: configs and version
     directories as before, the served ensemble answering throughout. (Runs last: Triton keeps the
     refused version listed, so its strict server readiness stays false, see deploy.preflight.)"""
-    import shopsearch.serving.deploy as deploy
+    import shopsearch.ops.deploy as deploy
 
     broken = tmp_path / "broken"
     shutil.copytree(next_generation, broken)

@@ -10,31 +10,41 @@ import numpy as np
 import pytest
 import torch
 
-from shopsearch.distillation import (
+from shopsearch.compress.distillation import (
     TEACHER_CARD, TEACHER_DIR, CrossEncoder, DistillConfig, PairEncoder, add_lexical_features, build_groups, distill_stage,
     score_groups, student_loss, train_teacher,
 )
-from shopsearch.hybrid import LEXICAL_FEATURE_NAMES, LexicalScorer
+from shopsearch.core.hybrid import LEXICAL_FEATURE_NAMES, LexicalScorer
 from shopsearch.errors import ConfigError
-from shopsearch.modeling import CHECKPOINT_META, CHECKPOINT_WEIGHTS, load_checkpoint
-from shopsearch.rerank_training import RERANKER_DIR
-from shopsearch.tokenization import TOKENIZER_FILE
+from shopsearch.core.modeling import CHECKPOINT_META, CHECKPOINT_WEIGHTS, load_checkpoint
+from shopsearch.core.reranker import RERANKER_DIR
+from shopsearch.core.tokenization import TOKENIZER_FILE
 
 FAST = DistillConfig(teacher_steps=40, teacher_learning_rate=5e-4, teacher_eval_queries=40, student_steps=6)
 
 
-@pytest.fixture(scope="module")
-def stage1(tiny_checkpoint, tiny_dataset):
-    model, card = load_checkpoint(tiny_checkpoint)
-    data = tiny_dataset.with_holdout(card["train_config"]["rerank_holdout"])
-    tokenizer_json = (tiny_checkpoint / TOKENIZER_FILE).read_text()
+def _stage1(checkpoint, dataset):
+    model, card = load_checkpoint(checkpoint)
+    data = dataset.with_holdout(card["train_config"]["rerank_holdout"])
+    tokenizer_json = (checkpoint / TOKENIZER_FILE).read_text()
     pairs = PairEncoder(tokenizer_json, FAST.max_query_tokens, model.config.max_product_length, model.config.max_positions)
     text = {p.product_id: p.search_text() for p in data.products}
     return model, data, pairs, text
 
 
+@pytest.fixture(scope="module")
+def stage1(random_checkpoint, tiny_dataset):
+    """A stage-1 checkpoint's layout (random weights): enough for groups and pair encoding."""
+    return _stage1(random_checkpoint, tiny_dataset)
+
+
+@pytest.fixture(scope="module")
+def trained_stage1(tiny_checkpoint, tiny_dataset):
+    return _stage1(tiny_checkpoint, tiny_dataset)
+
+
 def test_groups_put_a_relevant_product_first_then_only_products_bm25_ranks_high(stage1):
-    from shopsearch.lexical import Bm25Index
+    from shopsearch.core.lexical import Bm25Index
 
     _, data, _, _ = stage1
     queries, qrels = data.split("train")
@@ -104,8 +114,9 @@ def test_the_contrastive_term_ignores_the_rest_of_the_querys_own_group():
     assert worse.item() > base.item()
 
 
-def test_the_teacher_learns_to_put_relevant_products_above_unjudged_ones(stage1):
-    model, data, pairs, text = stage1
+@pytest.mark.training
+def test_the_teacher_learns_to_put_relevant_products_above_unjudged_ones(trained_stage1):
+    model, data, pairs, text = trained_stage1
     groups = build_groups(data, "train", FAST)
     add_lexical_features(groups, LexicalScorer.build(data.products), {p.product_id: i for i, p in enumerate(data.products)})
     assert groups[0].features.shape == (len(groups[0].product_ids), len(LEXICAL_FEATURE_NAMES))
@@ -126,6 +137,7 @@ def test_the_teacher_learns_to_put_relevant_products_above_unjudged_ones(stage1)
     assert after >= before + 0.05, (before, after)
 
 
+@pytest.mark.training
 def test_distill_stage_replaces_the_bi_encoder_and_drops_the_stale_reranker(tiny_checkpoint, tiny_dataset, tmp_path):
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, checkpoint)
@@ -143,6 +155,7 @@ def test_distill_stage_replaces_the_bi_encoder_and_drops_the_stale_reranker(tiny
         distill_stage(checkpoint, tiny_dataset, FAST, log=lambda m: None)
 
 
+@pytest.mark.training
 def test_the_control_run_trains_no_teacher(tiny_checkpoint, tiny_dataset, tmp_path):
     checkpoint = tmp_path / "control"
     shutil.copytree(tiny_checkpoint, checkpoint)

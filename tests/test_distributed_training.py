@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from shopsearch.recipes import load_recipe
-from shopsearch.serving.server import free_port
-from shopsearch.training import train_biencoder
+from shopsearch.train.recipes import load_recipe
+from shopsearch.ops.server import free_port
+from shopsearch.train.biencoder import train_biencoder
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.multiprocess
 
 # Small and dropout-free: dropout masks are per process, so equal updates need none.
 RECIPE = """
@@ -85,8 +85,8 @@ REC_WORKER = """
 import json, sys
 import numpy as np
 import torch
-from shopsearch.recs.data import Interactions
-from shopsearch.recs.training import RecTrainConfig, train_recommender
+from shopsearch.data.interactions import Interactions
+from shopsearch.train.recommender import RecTrainConfig, train_recommender
 
 rng = np.random.default_rng(0)
 histories = [[int(x) for x in (rng.integers(30) + np.arange(rng.integers(3, 9))) % 30] for _ in range(96)]

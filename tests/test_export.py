@@ -3,27 +3,27 @@ import pytest
 import torch
 
 from shopsearch.errors import ExportParityError
-from shopsearch.export import INPUT_NAMES, OUTPUT_NAME, export_onnx, read_signature
-from shopsearch.modeling import load_checkpoint
-from shopsearch.embedding import OnnxEmbedder
-from shopsearch.optimize import PARITY, fuse_transformer, quantize_int8
-from shopsearch.parity import RetrievalSet, compare, gate, onnxrt_runner, polygraphy_compare, reference_outputs, run_side
-from shopsearch.tokenization import TOKENIZER_FILE, TextEncoder
+from shopsearch.export.onnx import INPUT_NAMES, OUTPUT_NAME, export_onnx, read_signature
+from shopsearch.core.modeling import load_checkpoint
+from shopsearch.core.embedding import OnnxEmbedder
+from shopsearch.export.optimize import PARITY, fuse_transformer, quantize_int8
+from shopsearch.export.parity import RetrievalSet, compare, gate, onnxrt_runner, polygraphy_compare, reference_outputs, run_side
+from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory):
-    model, _ = load_checkpoint(tiny_checkpoint)
+def exported(random_checkpoint, tmp_path_factory):
+    model, _ = load_checkpoint(random_checkpoint)
     work = tmp_path_factory.mktemp("onnx")
     path = export_onnx(model, work / "model.onnx")
     return model, path, work
 
 
 @pytest.fixture(scope="module")
-def encoders(tiny_checkpoint, exported):
+def encoders(random_checkpoint, exported):
     model = exported[0]
-    return (TextEncoder.from_file(tiny_checkpoint / TOKENIZER_FILE, model.config.max_query_length),
-            TextEncoder.from_file(tiny_checkpoint / TOKENIZER_FILE, model.config.max_product_length))
+    return (TextEncoder.from_file(random_checkpoint / TOKENIZER_FILE, model.config.max_query_length),
+            TextEncoder.from_file(random_checkpoint / TOKENIZER_FILE, model.config.max_product_length))
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,7 @@ def test_polygraphy_comparator_checks_one_runtime_against_another(exported, enco
     assert not drifted["passed"]
 
 
+@pytest.mark.training
 def test_checkpoint_carries_its_config_and_provenance(tiny_checkpoint):
     model, card = load_checkpoint(tiny_checkpoint)
     assert card["encoder_config"]["hidden_size"] == model.config.hidden_size

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.serving.client import SearchClient
-from shopsearch.serving.server import TritonServer, stub_processes
-from shopsearch.serving.supervisor import Supervisor
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.clients.search import SearchClient
+from shopsearch.ops.server import TritonServer, stub_processes
+from shopsearch.ops.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +93,7 @@ def supervised(built_repo, tmp_path_factory):
 
 def test_a_killed_python_stub_is_repaired_and_retrying_clients_see_no_failure(supervised):
     server, supervisor, repo = supervised
-    expected = [h.product_id for h in SearchPipeline.from_repository(repo).search(["blue tent"])[0]]
+    expected = [h.product_id for h in InProcessEnsemble.from_repository(repo).search(["blue tent"])[0]]
     digest = tree_digest(repo)
     with Traffic(server, "blue tent", expected) as traffic:
         time.sleep(2)
@@ -117,7 +117,7 @@ def test_a_killed_python_stub_is_repaired_and_retrying_clients_see_no_failure(su
 
 def test_a_killed_server_is_restarted_and_retrying_clients_see_no_failure(supervised):
     server, supervisor, repo = supervised
-    expected = [h.product_id for h in SearchPipeline.from_repository(repo).search(["blue tent"])[0]]
+    expected = [h.product_id for h in InProcessEnsemble.from_repository(repo).search(["blue tent"])[0]]
     digest = tree_digest(repo)
     with Traffic(server, "blue tent", expected) as traffic:
         time.sleep(2)

@@ -20,8 +20,8 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.serving.client import SearchClient
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.clients.search import SearchClient
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +183,7 @@ def _leaks(message: str, forbidden: tuple[str, ...]) -> list[str]:
 
 def test_five_hundred_malformed_requests_hurt_no_valid_one(triton_server, built_repo, tiny_dataset):
     queries = sorted(tiny_dataset.queries["dev"].values())[:40]
-    expected = {q: [h.product_id for h in hits] for q, hits in zip(queries, SearchPipeline.from_repository(built_repo).search(queries))}
+    expected = {q: [h.product_id for h in hits] for q, hits in zip(queries, InProcessEnsemble.from_repository(built_repo).search(queries))}
     forbidden = ("Traceback", 'File "', "site-packages", str(built_repo), "/shopsearch/", "/tmp/")
     outcomes: Counter = Counter()
     problems: list[str] = []

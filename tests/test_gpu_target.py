@@ -3,16 +3,16 @@ failure) and what needs TensorRT (marked, skipped with the reason where it does 
 
 import importlib.util
 import json
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
 
-from shopsearch.build import BuildOptions, build_repository
+from shopsearch.build.options import BuildOptions
+from shopsearch.build.search import build_repository
 from shopsearch.errors import BackendUnavailableError
-from shopsearch.serving.model_config import read_config
-from shopsearch.tensorrt_build import polygraphy_command, profiles_for, require_tensorrt, token_length_stats
+from shopsearch.triton.repository import read_config
+from shopsearch.export.tensorrt import polygraphy_command, profiles_for, require_tensorrt, token_length_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -27,10 +27,10 @@ def test_profiles_follow_the_measured_query_lengths():
     assert "p50=6" in interactive.why and "p95=13" in batched.why
 
 
-def test_token_length_stats_measure_real_token_counts(tiny_checkpoint):
-    from shopsearch.tokenization import TextEncoder
+def test_token_length_stats_measure_real_token_counts(random_checkpoint):
+    from shopsearch.core.tokenization import TextEncoder
 
-    encoder = TextEncoder.from_file(tiny_checkpoint / "tokenizer.json", 32)
+    encoder = TextEncoder.from_file(random_checkpoint / "tokenizer.json", 32)
     stats = token_length_stats(encoder, ["tent", "blue tent", "stainless steel frying pan 12 inch"] * 10)
     assert 3 <= stats["p50"] <= stats["p95"] <= stats["max"] <= 32 and stats["queries"] == 30
 
@@ -55,18 +55,17 @@ def test_tensorrt_target_stops_at_once_naming_what_is_missing(tmp_path, tiny_dat
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is importable here")
-def test_make_build_repo_target_gpu_fails_with_a_clear_message_and_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "build/build_repo.py", "--checkpoint", str(tmp_path), "--recipe",
-                             "training/recipes/tiny.toml", "--out", str(tmp_path / "repo"), "--target", "gpu"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "error: TARGET=gpu GPU_BACKEND=tensorrt needs the TensorRT Python package" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_the_build_script_for_target_gpu_fails_with_a_clear_message_and_exit_code_2(tmp_path, capsys):
+    build_repo = runpy.run_path(str(ROOT / "build" / "build_repo.py"))  # what `make build-repo` runs
+    code = build_repo["main"](["--checkpoint", str(tmp_path), "--recipe", str(ROOT / "training/recipes/tiny.toml"),
+                               "--out", str(tmp_path / "repo"), "--target", "gpu"])
+    assert code == 2
+    assert "error: TARGET=gpu GPU_BACKEND=tensorrt needs the TensorRT Python package" in capsys.readouterr().err
 
 
-def test_gpu_onnxruntime_build_lays_out_a_complete_repository(tiny_checkpoint, tiny_dataset, tmp_path):
+def test_gpu_onnxruntime_build_lays_out_a_complete_repository(random_checkpoint, tiny_dataset, tmp_path):
     repo = tmp_path / "repo"
-    build_repository(tiny_checkpoint, tiny_dataset, repo, tmp_path / "work",
+    build_repository(random_checkpoint, tiny_dataset, repo, tmp_path / "work",
                      BuildOptions(target="gpu", gpu_backend="onnxruntime", parity_queries=50), log=lambda m: None)
     embedder = read_config(repo / "embedder")
     assert embedder.platform == "onnxruntime_onnx" and (repo / "embedder" / "1" / "model.onnx").exists()
@@ -79,22 +78,23 @@ def test_gpu_onnxruntime_build_lays_out_a_complete_repository(tiny_checkpoint, t
     assert manifest["checkpoint_sha256"] and manifest["catalog_fingerprint"] == tiny_dataset.fingerprint()
 
 
+@pytest.mark.gpu
 @pytest.mark.tensorrt
 @needs_tensorrt
-def test_tensorrt_engine_builds_and_passes_its_parity_gate(tiny_checkpoint, tiny_dataset, tmp_path):
+def test_tensorrt_engine_builds_and_passes_its_parity_gate(random_checkpoint, tiny_dataset, tmp_path):
     repo = tmp_path / "repo"
-    report = build_repository(tiny_checkpoint, tiny_dataset, repo, tmp_path / "work",
+    report = build_repository(random_checkpoint, tiny_dataset, repo, tmp_path / "work",
                               BuildOptions(target="gpu", gpu_backend="tensorrt", parity_queries=50), log=lambda m: None)
     assert report["parity"]["trt_fp16"]["passed"]
     assert (repo / "embedder" / "1" / "model.plan").exists()
     assert (repo / "embedder" / "1" / "build_command.txt").read_text().startswith("polygraphy convert")
 
 
-def test_gpu_onnxruntime_build_serves_the_user_encoder_natively(tiny_checkpoint, tiny_rec_checkpoint, tiny_dataset, tmp_path):
+def test_gpu_onnxruntime_build_serves_the_user_encoder_natively(random_checkpoint, random_rec_checkpoint, tiny_dataset, tmp_path):
     repo = tmp_path / "repo"
-    build_repository(tiny_checkpoint, tiny_dataset, repo, tmp_path / "work",
+    build_repository(random_checkpoint, tiny_dataset, repo, tmp_path / "work",
                      BuildOptions(target="gpu", gpu_backend="onnxruntime", parity_queries=50), log=lambda m: None,
-                     rec_checkpoint=tiny_rec_checkpoint)
+                     rec_checkpoint=random_rec_checkpoint)
     encoder = read_config(repo / "user_encoder")
     assert encoder.platform == "onnxruntime_onnx" and encoder.instance_group[0].kind == encoder.instance_group[0].KIND_GPU
     assert (repo / "user_encoder" / "1" / "model.onnx").exists() and not (repo / "user_encoder" / "1" / "model.py").exists()
@@ -103,13 +103,14 @@ def test_gpu_onnxruntime_build_serves_the_user_encoder_natively(tiny_checkpoint,
     assert step.model_name == "user_encoder" and list(step.input_map) == [encoder.input[0].name]
 
 
+@pytest.mark.gpu
 @pytest.mark.tensorrt
 @needs_tensorrt
-def test_user_encoder_engine_builds_and_passes_its_parity_gate(tiny_checkpoint, tiny_rec_checkpoint, tiny_dataset, tmp_path):
+def test_user_encoder_engine_builds_and_passes_its_parity_gate(random_checkpoint, random_rec_checkpoint, tiny_dataset, tmp_path):
     repo = tmp_path / "repo"
-    report = build_repository(tiny_checkpoint, tiny_dataset, repo, tmp_path / "work",
+    report = build_repository(random_checkpoint, tiny_dataset, repo, tmp_path / "work",
                               BuildOptions(target="gpu", gpu_backend="tensorrt", parity_queries=50), log=lambda m: None,
-                              rec_checkpoint=tiny_rec_checkpoint)
+                              rec_checkpoint=random_rec_checkpoint)
     assert report["recommender"]["parity"]["trt_fp16"]["top10_overlap"] >= 0.9
     assert read_config(repo / "user_encoder").platform == "tensorrt_plan"
     assert (repo / "user_encoder" / "1" / "model.plan").exists()

@@ -2,13 +2,17 @@
 
 import numpy as np
 import pytest
+import torch
 
 from shopsearch.data.schema import Product
 from shopsearch.errors import ExportParityError, InvalidInputError
-from shopsearch.hybrid import FEATURE_NAMES, HybridRanker, LexicalScorer, OnnxReranker
-from shopsearch.index import CatalogIndex
-from shopsearch.reranker import CandidateList, RerankerConfig, export_reranker, torch_scorer, train_reranker
-from shopsearch.serving.steps import QUERY_TEXT, RankerStep, decode_query_text, encode_query_text
+from shopsearch.core.hybrid import FEATURE_NAMES, HybridRanker, LexicalScorer, OnnxReranker
+from shopsearch.core.index import CatalogIndex
+from shopsearch.core.reranker import RerankerConfig, RerankerMLP, torch_scorer
+from shopsearch.export.reranker import export_reranker
+from shopsearch.serving.steps import RankerStep, decode_query_text, encode_query_text
+from shopsearch.serving.tensors import QUERY_TEXT
+from shopsearch.train.reranker import CandidateList, train_reranker
 
 PRODUCTS = [Product("p0", "Angle Bracket Steel"), Product("p1", "Deck Paint Premium"), Product("p2", "Cordless Drill 20V"),
             Product("p3", "Angle Grinder"), Product("p4", "Steel Shelf Bracket")]
@@ -82,20 +86,29 @@ def _signal_lists(n_lists=60, seed=0):
     return lists
 
 
-def test_reranker_learns_the_signal_in_its_features_and_exports_to_matching_onnx(tmp_path):
-    lists = _signal_lists()
-    model = train_reranker(lists, RerankerConfig(epochs=40), log=lambda m: None)
+def _random_reranker(seed: int = 0) -> RerankerMLP:
+    torch.manual_seed(seed)
+    return RerankerMLP(len(FEATURE_NAMES), RerankerConfig().hidden).eval()
+
+
+@pytest.mark.training
+def test_reranker_learns_the_signal_in_its_features():
+    model = train_reranker(_signal_lists(), RerankerConfig(epochs=40), log=lambda m: None)
     held_out = _signal_lists(n_lists=10, seed=1)
     scores = torch_scorer(model)(held_out[0].features)
     assert np.corrcoef(scores, held_out[0].features[:, 3])[0, 1] > 0.8
-    probe = np.concatenate([c.features for c in held_out])
+
+
+def test_reranker_exports_to_onnx_that_matches_pytorch(tmp_path):
+    model = _random_reranker()
+    probe = np.concatenate([c.features for c in _signal_lists(n_lists=10, seed=1)])
     report = export_reranker(model, tmp_path / "reranker.onnx", probe)
     assert report["max_abs_diff"] < 1e-4
     np.testing.assert_allclose(OnnxReranker(tmp_path / "reranker.onnx")(probe), torch_scorer(model)(probe), atol=1e-4)
 
 
 def test_reranker_export_fails_the_build_when_onnx_drifts(tmp_path, monkeypatch):
-    model = train_reranker(_signal_lists(n_lists=5), RerankerConfig(epochs=1), log=lambda m: None)
+    model = _random_reranker()
     monkeypatch.setattr(OnnxReranker, "__call__", lambda self, f: np.zeros(len(f), np.float32) + 5.0)
     with pytest.raises(ExportParityError, match="reranker.onnx drifted"):
         export_reranker(model, tmp_path / "reranker.onnx", _signal_lists(n_lists=2)[0].features)
@@ -138,7 +151,7 @@ def test_dense_ranker_step_needs_no_query_text_and_matches_exact_search():
 
 def test_popularity_comes_from_the_catalog_or_from_train_judgment_counts():
     from shopsearch.data.schema import Dataset
-    from shopsearch.hybrid import catalog_popularity
+    from shopsearch.core.hybrid import catalog_popularity
 
     products = [Product("a", "A"), Product("b", "B"), Product("c", "C")]
     qrels = {"train": {"q1": {"a": 3, "b": 0}, "q2": {"a": 1}}, "dev": {"q3": {"c": 3}}}

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from shopsearch.errors import ArtifactError, ConfigError
-import shopsearch.index as index_module
-from shopsearch.index import CatalogIndex, ExactSearch, top_k_rows
-from shopsearch.results import CatalogLookup, hits_to_arrays
+import shopsearch.core.index as index_module
+from shopsearch.core.index import CatalogIndex, ExactSearch, top_k_rows
+from shopsearch.core.results import CatalogLookup, hits_to_arrays
 
 
 def test_top_k_rows_matches_a_full_sort_with_ties_broken_by_index():

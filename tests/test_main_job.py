@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shopsearch.serving.server import free_port
+from shopsearch.ops.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration

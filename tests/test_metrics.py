@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from shopsearch.metrics import evaluate_run
+from shopsearch.core.metrics import evaluate_run
 
 
 def test_metrics_match_hand_computed_values():

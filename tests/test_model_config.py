@@ -6,12 +6,11 @@ import pytest
 from google.protobuf import text_format
 
 from shopsearch.errors import ConfigError
-from shopsearch.export import OnnxSignature, TensorIO
-from shopsearch.serving.ensemble import EnsembleDeclaration, load_declaration, wire_ensemble
-from shopsearch.serving.model_config import (
-    DynamicBatching, PythonModelConfig, TensorSpec, parameters_of, read_config, render_config, write_config,
-)
-from shopsearch.serving.search_models import (
+from shopsearch.export.onnx import OnnxSignature, TensorIO
+from shopsearch.triton.ensemble import EnsembleDeclaration, load_declaration, wire_ensemble
+from shopsearch.triton.model_config import DynamicBatching, PythonModelConfig, TensorSpec, parameters_of, render_config
+from shopsearch.triton.repository import read_config, write_config
+from shopsearch.build.search_configs import (
     embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
 )
 
@@ -45,7 +44,7 @@ REC_SIGNATURE = OnnxSignature(inputs=(TensorIO("item_rows", "int64", ("batch", 5
 
 
 def rec_models():
-    from shopsearch.serving.rec_models import (
+    from shopsearch.build.rec_configs import (
         item_embedding_config, item_lookup_config, rec_postprocess_config, rec_ranker_config, user_encoder_config,
     )
 
@@ -166,7 +165,7 @@ def pb_kind(name):
 
 
 def test_tensorrt_config_refuses_cpu_instances():
-    from shopsearch.serving.model_config import TensorRTModelConfig
+    from shopsearch.triton.model_config import TensorRTModelConfig
 
     with pytest.raises(ConfigError, match="embedder: instance_group.kind: a TensorRT engine runs on KIND_GPU only"):
         TensorRTModelConfig("embedder", (TensorSpec("x", "int64", (-1,)),), (TensorSpec("y", "float32", (4,)),))

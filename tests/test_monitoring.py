@@ -14,7 +14,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from shopsearch.serving.client import SearchClient
+from shopsearch.clients.search import SearchClient
 
 pytestmark = pytest.mark.integration
 

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import pytest
 
-from shopsearch.serving.client import SearchClient
-from shopsearch.serving.loadgen import flood
-from shopsearch.serving.model_config import read_config
-from shopsearch.serving.server import TritonServer
-from shopsearch.serving.tuning import unbounded_queue_repository
+from shopsearch.clients.search import SearchClient
+from shopsearch.perf.flood import flood
+from shopsearch.triton.repository import read_config
+from shopsearch.ops.server import TritonServer
+from shopsearch.triton.tuning import edited_copy
 
 pytestmark = pytest.mark.integration
 
 BURST = 3000  # about 6 s of this machine's capacity, sent in 2-3 s
 REFUSALS = {"Exceeds maximum queue size", "Request timeout expired"}
+
+
+def unbounded_queue_repository(src, dst):
+    """`src` without the overload policy: every model queues without limit (the comparison that
+    shows what max_queue_size and the queue timeout buy under overload)."""
+    def edit(config):
+        if config.HasField("dynamic_batching"):
+            config.dynamic_batching.ClearField("default_queue_policy")
+
+    return edited_copy(src, dst, edit)
 
 
 def test_overload_is_refused_fast_and_answered_requests_stay_bounded(triton_server, built_repo, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from shopsearch.cli import main
-from shopsearch.perf import plot_sweep, run_perf_analyzer, summary_markdown, write_input_data
+from shopsearch.perf.perf_analyzer import plot_sweep, run_perf_analyzer, summary_markdown, write_input_data
 
 pytestmark = pytest.mark.integration
 QUERIES = Path(__file__).resolve().parents[1] / "loadtests" / "perf_data" / "search_queries.json"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from shopsearch.errors import DataError
-from shopsearch.recs.baselines import LastItemTransitions, Popularity
-from shopsearch.recs.data import Interactions, load_amazon_beauty, load_amazon_games, load_interactions
-from shopsearch.recs.evaluation import evaluate_scorer, leave_one_out_metrics, top_items_excluding_history
+from shopsearch.evaluation.rec_baselines import LastItemTransitions, Popularity
+from shopsearch.data.interactions import Interactions, load_amazon_beauty, load_amazon_games, load_interactions
+from shopsearch.evaluation.recs import evaluate_scorer, leave_one_out_metrics, top_items_excluding_history
 from tests.conftest import shared_dataset_dir
 
 
@@ -71,7 +71,7 @@ def test_synthetic_sessions_follow_affinities_and_complements(tiny_interactions,
 
 
 def load_interactions_again(dataset):
-    from shopsearch.recs.data import SessionConfig, generate_sessions
+    from shopsearch.data.interactions import SessionConfig, generate_sessions
 
     return generate_sessions(dataset.products, SessionConfig(n_users=1500, min_length=3, max_length=20))
 

@@ -8,8 +8,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.serving.rec_client import RecClient, recommend_in_process
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.clients.recs import RecClient
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_served_recommendations_equal_the_in_process_ensemble(client, built_repo
     ids = tiny_interactions.item_ids
     histories = [[ids[i] for i in h] for h in tiny_interactions.histories[:24]]
     served = client.recommend(histories, top_k=10)
-    local = recommend_in_process(SearchPipeline.from_repository(built_repo, "recommend"), histories, top_k=10)
+    local = InProcessEnsemble.from_repository(built_repo, "recommend").recommend(histories, top_k=10)
     assert [r.product_ids for r in served] == [r.product_ids for r in local]
     assert np.allclose([r.scores for r in served], [r.scores for r in local], atol=1e-4)
 
@@ -117,7 +117,7 @@ def test_malformed_requests_among_valid_ones_hurt_no_valid_one(triton_server, bu
 
     ids = tiny_interactions.item_ids
     histories = [[ids[i] for i in h] for h in tiny_interactions.histories[:30]]
-    expected = [r.product_ids for r in recommend_in_process(SearchPipeline.from_repository(built_repo, "recommend"), histories)]
+    expected = [r.product_ids for r in InProcessEnsemble.from_repository(built_repo, "recommend").recommend(histories)]
     good = _bytes_tensor(ids[1].encode(), ids[2].encode())
 
     def malformed(rng: random.Random):

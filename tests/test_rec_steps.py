@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from shopsearch.errors import ConfigError, InvalidInputError
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.results import CatalogLookup
-from shopsearch.serving.ensemble import EnsembleDeclaration, load_declaration, wire_ensemble
-from shopsearch.serving.model_config import read_config
-from shopsearch.serving.rec_client import id_rows, recommend_in_process
-from shopsearch.serving.rec_steps import (
-    EXCLUDE, HISTORY, KNOWN_ITEMS, SEEN_ITEMS, UNKNOWN_IDS, ItemLookupStep, RecPostprocessStep,
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.core.results import CatalogLookup
+from shopsearch.triton.ensemble import EnsembleDeclaration, load_declaration, wire_ensemble
+from shopsearch.triton.repository import read_config
+from shopsearch.core.results import id_rows
+from shopsearch.serving.rec_steps import ItemLookupStep, RecPostprocessStep
+from shopsearch.serving.tensors import (
+    CANDIDATE_INDICES, CANDIDATE_SCORES, EXCLUDE, HISTORY, KNOWN_ITEMS, PRODUCT_IDS, SEEN_ITEMS, UNKNOWN_IDS,
 )
-from shopsearch.serving.steps import CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS
 
 
 def lookup(window=4, max_seen=6) -> ItemLookupStep:
@@ -74,20 +74,20 @@ def test_topk_out_of_range_is_a_client_error_naming_the_field():
     assert isinstance(bad, InvalidInputError) and "TOPK" in str(bad)
 
 
-def test_similar_items_wires_its_item_ids_input_through_the_alias(built_repo):
-    config = read_config(built_repo / "similar_items")
+def test_similar_items_wires_its_item_ids_input_through_the_alias(unit_repo):
+    config = read_config(unit_repo / "similar_items")
     assert [i.name for i in config.input] == ["ITEM_IDS", "TOPK", "EXCLUDE"]
     first = config.ensemble_scheduling.step[0]
     assert first.model_name == "item_lookup" and first.input_map["HISTORY"] == "ITEM_IDS"
     # The encoder's tensor names come from its ONNX graph, not from this test or the declaration.
-    encoder = read_config(built_repo / "user_encoder")
+    encoder = read_config(unit_repo / "user_encoder")
     assert config.ensemble_scheduling.step[1].input_map[encoder.input[0].name] == encoder.input[0].name
 
 
 def test_a_declaration_naming_an_input_no_step_reads_fails_the_build():
-    from shopsearch.export import OnnxSignature, TensorIO
-    from shopsearch.serving.model_config import DynamicBatching
-    from shopsearch.serving.rec_models import (
+    from shopsearch.export.onnx import OnnxSignature, TensorIO
+    from shopsearch.triton.model_config import DynamicBatching
+    from shopsearch.build.rec_configs import (
         item_lookup_config, rec_postprocess_config, rec_ranker_config, user_encoder_config,
     )
 
@@ -106,11 +106,11 @@ def test_a_declaration_naming_an_input_no_step_reads_fails_the_build():
         wire_ensemble(broken, models)
 
 
-def test_in_process_recommend_handles_unknown_empty_and_long_histories(built_repo, tiny_interactions):
-    pipeline = SearchPipeline.from_repository(built_repo, "recommend")
+def test_in_process_recommend_handles_unknown_empty_and_long_histories(unit_repo, tiny_interactions):
+    pipeline = InProcessEnsemble.from_repository(unit_repo, "recommend")
     ids = tiny_interactions.item_ids
-    long_history = [ids[i] for i in range(40)]  # longer than the window (12)
-    recs = recommend_in_process(pipeline, [["nope", ids[3]], [], long_history], top_k=5)
+    long_history = [ids[i] for i in range(40)]  # longer than the window (8)
+    recs = pipeline.recommend([["nope", ids[3]], [], long_history], top_k=5)
     assert recs[0].unknown_ids == ["nope"] and recs[0].strategy == "model" and len(recs[0].product_ids) == 5
     assert recs[1].strategy == "popularity" and len(recs[1].product_ids) == 5
     assert len(recs[2].product_ids) == 5 and not set(recs[2].product_ids) & set(long_history)

@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.serving.client import SearchClient
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.clients.search import SearchClient
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_search_over_both_protocols_returns_ranked_products(protocol, http, grpc
 
 
 def test_served_top10_equals_the_in_process_pipeline(built_repo, tiny_dataset, http, grpc):
-    pipeline = SearchPipeline.from_repository(built_repo)
+    pipeline = InProcessEnsemble.from_repository(built_repo)
     queries = sorted(tiny_dataset.queries["dev"].values())[:40]
     expected = pipeline.search(queries)
     for client in (http, grpc):
@@ -171,7 +171,7 @@ def test_metrics_endpoint_counts_successes_and_failures(triton_server, http):
 
 def test_served_dev_metrics_equal_the_in_process_pipeline_next_to_bm25(built_repo, tiny_checkpoint, tiny_dataset,
                                                                        triton_server, tmp_path):
-    from shopsearch.evaluation import evaluate_repository, write_report
+    from shopsearch.evaluation.search import evaluate_repository, write_report
 
     report = evaluate_repository(built_repo, tiny_dataset, "dev", served_url=triton_server.http_url, limit=60, bm25=True,
                                  ablation={"shipped": tiny_checkpoint}, log=lambda m: None)
@@ -196,7 +196,7 @@ def test_served_dev_metrics_equal_the_in_process_pipeline_next_to_bm25(built_rep
 def test_an_ablation_checkpoint_trained_on_other_data_fails_clearly(tiny_checkpoint, built_repo, tiny_dataset):
     from shopsearch.data import load_dataset
     from shopsearch.errors import DataError
-    from shopsearch.evaluation import evaluate_ablation, evaluate_repository
+    from shopsearch.evaluation.search import evaluate_ablation, evaluate_repository
 
     # Refused before anything is measured, not after minutes of evaluating the other systems.
     with pytest.raises(DataError, match="no checkpoint"):
@@ -213,7 +213,7 @@ def test_an_ablation_checkpoint_trained_on_other_data_fails_clearly(tiny_checkpo
 def test_evaluating_a_repository_on_another_catalog_fails_clearly(built_repo):
     from shopsearch.data import load_dataset
     from shopsearch.errors import DataError
-    from shopsearch.evaluation import evaluate_repository
+    from shopsearch.evaluation.search import evaluate_repository
 
     other = load_dataset("synthetic", n_products=300, n_queries=40, seed=7)
     with pytest.raises(DataError, match="was built for catalog"):

@@ -5,14 +5,14 @@ import time
 import numpy as np
 
 from shopsearch.errors import InvalidInputError
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.serving.step_metrics import (
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.serving.metrics import (
     CANDIDATES, EMPTY, QUERIES, QUERY_CHARS, QUERY_TOKENS, REJECTED, MetricSender, merged, observations,
 )
 
 
-def test_each_step_reports_what_it_saw(built_repo):
-    pipeline = SearchPipeline.from_repository(built_repo)
+def test_each_step_reports_what_it_saw(unit_repo):
+    pipeline = InProcessEnsemble.from_repository(unit_repo)
     tokenizer, embedder, ranker, postprocess = pipeline.steps
     requests = [{"QUERY": np.array([[b"blue tent"], ["frying pan 12 inch".encode()]], dtype=object)}, {"QUERY": np.array([[b"  "]], dtype=object)}]
     outcomes = tokenizer.run(requests)
@@ -25,7 +25,7 @@ def test_each_step_reports_what_it_saw(built_repo):
     state.update(embedder.run([state])[0])
     ranked = ranker.run([state])[0]
     pools = [v for s, v in observations("ranker", [state], [ranked]) if s is CANDIDATES]
-    # The tiny build serves hybrid ranking: BM25 and dense candidates, merged (at most both lists).
+    # The unit build serves hybrid ranking: BM25 and dense candidates, merged (at most both lists).
     assert len(pools) == 2 and all(ranker.n_candidates <= v <= ranker.hybrid.n_dense + ranker.hybrid.n_lexical for v in pools)
     state.update(ranked)
     final = postprocess.run([state])[0]
@@ -34,11 +34,11 @@ def test_each_step_reports_what_it_saw(built_repo):
     assert observations("postprocess", [state], [no_hits]) == [(QUERIES, 2.0), (EMPTY, 2.0)]
 
 
-def test_recommendation_steps_report_history_unknown_ids_and_fallbacks(built_repo, tiny_interactions):
-    from shopsearch.serving.rec_client import id_rows
-    from shopsearch.serving.step_metrics import HISTORY_ITEMS, POPULARITY, RECOMMENDATIONS, UNKNOWN
+def test_recommendation_steps_report_history_unknown_ids_and_fallbacks(unit_repo, tiny_interactions):
+    from shopsearch.core.results import id_rows
+    from shopsearch.serving.metrics import HISTORY_ITEMS, POPULARITY, RECOMMENDATIONS, UNKNOWN
 
-    lookup, encoder, ranker, post = SearchPipeline.from_repository(built_repo, "recommend").steps
+    lookup, encoder, ranker, post = InProcessEnsemble.from_repository(unit_repo, "recommend").steps
     ids = tiny_interactions.item_ids
     state = {"HISTORY": id_rows([[ids[1], "nope", ids[2]], ["gone"]])}
     found = lookup.run([state])[0]

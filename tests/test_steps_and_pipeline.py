@@ -1,4 +1,4 @@
-"""The served models' logic, in-process against the built tiny repository (no server)."""
+"""The served models' logic, in-process against a built repository (no server)."""
 
 import json
 
@@ -6,24 +6,29 @@ import numpy as np
 import pytest
 
 from shopsearch.errors import InvalidInputError
-from shopsearch.pipeline import SearchPipeline
-from shopsearch.serving.model_config import parameters_of, read_config
-from shopsearch.serving.steps import STEP_TYPES
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.serving.registry import load_step
+from shopsearch.triton.model_config import parameters_of
+from shopsearch.triton.repository import read_config, read_version_params
 
 
 @pytest.fixture(scope="module")
-def pipeline(built_repo):
-    return SearchPipeline.from_repository(built_repo)
+def pipeline(unit_repo):
+    return InProcessEnsemble.from_repository(unit_repo)
 
 
 @pytest.fixture(scope="module")
-def steps(built_repo):
-    return {name: cls.from_artifacts(built_repo / name / "1", parameters_of(read_config(built_repo / name)))
-            for name, cls in STEP_TYPES.items()}
+def steps(unit_repo):
+    def load(model):
+        params = {**parameters_of(read_config(unit_repo / model)), **read_version_params(unit_repo / model / "1")}
+        return load_step(model, model, unit_repo / model / "1", params)
+
+    return {model: load(model) for model in ("tokenizer", "embedder", "ranker", "postprocess")}
 
 
-def test_pipeline_returns_ten_products_of_the_searched_type(pipeline, tiny_dataset):
-    hits = pipeline.search(["blue tent", "frying pan"])
+@pytest.mark.training
+def test_pipeline_of_a_trained_model_returns_ten_products_of_the_searched_type(built_repo, tiny_dataset):
+    hits = InProcessEnsemble.from_repository(built_repo).search(["blue tent", "frying pan"])
     assert [len(h) for h in hits] == [10, 10]
     types = {p.product_id: p.product_type for p in tiny_dataset.products}
     assert sum(types[h.product_id] == "tent" for h in hits[0]) >= 5
@@ -70,17 +75,17 @@ def test_ranker_step_rejects_vectors_of_the_wrong_width(steps):
     assert isinstance(out[0], InvalidInputError) and "ranker: embedding" in str(out[0])
 
 
-def test_served_repository_refuses_an_index_from_another_embedder(built_repo, tmp_path):
+def test_served_repository_refuses_an_index_from_another_embedder(unit_repo, tmp_path):
     import shutil
 
     from shopsearch.errors import ArtifactError
 
     copy = tmp_path / "repo"
-    shutil.copytree(built_repo, copy)
+    shutil.copytree(unit_repo, copy)
     # The embedder a ranker version expects travels in that version's params.json.
     params_file = copy / "ranker" / "1" / "params.json"
     params = json.loads(params_file.read_text())
     assert params["embedder_id"] == parameters_of(read_config(copy / "ranker"))["embedder_id"]
     params_file.write_text(json.dumps({**params, "embedder_id": "0000000000000000"}))
     with pytest.raises(ArtifactError, match="rebuild the index"):
-        SearchPipeline.from_repository(copy)
+        InProcessEnsemble.from_repository(copy)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from shopsearch.errors import InvalidInputError
-from shopsearch.tokenization import PAD_ID, TextEncoder, pad_batches, train_wordpiece
+from shopsearch.core.tokenization import PAD_ID, TextEncoder, pad_batches, train_wordpiece
 
 CORPUS = ["Apexrun Glide 3 Mesh Running Shoes - Black, Size 10", "Culina Nonstick Frying Pan 12 inch",
           "Dreamloom Linen Duvet Cover Queen", "Torqline Cordless Drill 20V with battery"] * 20

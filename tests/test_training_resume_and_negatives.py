@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from shopsearch.errors import ConfigError
-from shopsearch.modeling import CHECKPOINT_META, CHECKPOINT_WEIGHTS
-from shopsearch.training import RESUME_DIR, PairSampler, contrastive_loss, train_biencoder
+from shopsearch.core.modeling import CHECKPOINT_META, CHECKPOINT_WEIGHTS
+from shopsearch.train.biencoder import PairSampler, contrastive_loss, train_biencoder
+from shopsearch.train.resume import RESUME_DIR
 
 
 def _weights(directory):
@@ -25,13 +26,35 @@ def small(tiny_recipe, tiny_dataset):
     return tiny_dataset, cfg
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(small, tmp_path):
+class Killed(Exception):
+    """Stands for the process dying mid-run (OOM kill, preemption)."""
+
+
+def kill_at_step(monkeypatch, step: int) -> None:
+    """The run dies when it asks for the batch of `step` (0-based): steps before it are done."""
+    calls = {"n": 0}
+    batch = PairSampler.batch
+
+    def dying(self, size):
+        if calls["n"] == step:
+            raise Killed(f"killed at step {step}")
+        calls["n"] += 1
+        return batch(self, size)
+
+    monkeypatch.setattr(PairSampler, "batch", dying)
+
+
+@pytest.mark.training
+def test_an_interrupted_run_resumes_to_the_same_weights(small, tmp_path, monkeypatch):
     dataset, cfg = small
     whole = train_biencoder(dataset, cfg, tmp_path / "whole", log=lambda m: None)
-    # The same tokenizer (WordPiece training breaks frequency ties differently from run to run).
-    stopped = train_biencoder(dataset, cfg, tmp_path / "resumed", log=lambda m: None, stop_after=5,
-                              tokenizer_file=tmp_path / "whole" / "tokenizer.json")
-    assert stopped == {"stopped_at": 5} and (tmp_path / "resumed" / RESUME_DIR / "state.pt").exists()
+    with monkeypatch.context() as patch:
+        kill_at_step(patch, 5)
+        # The same tokenizer (WordPiece training breaks frequency ties differently from run to run).
+        with pytest.raises(Killed):
+            train_biencoder(dataset, cfg, tmp_path / "resumed", log=lambda m: None,
+                            tokenizer_file=tmp_path / "whole" / "tokenizer.json")
+    assert (tmp_path / "resumed" / RESUME_DIR / "state.pt").exists()
     # The last saved state is step 3: steps 4 and 5 are redone, as after a crash.
     resumed = train_biencoder(dataset, cfg, tmp_path / "resumed", log=lambda m: None, resume=True)
     assert resumed["resumed_from_step"] == 3 and whole["resumed_from_step"] == 0
@@ -42,6 +65,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(small, tmp_path):
     assert json.loads((tmp_path / "resumed" / CHECKPOINT_META).read_text())["dev_metrics"] == whole["dev_metrics"]
 
 
+@pytest.mark.training
 def test_resume_without_a_state_starts_from_step_zero(small, tmp_path):
     dataset, cfg = small
     meta = train_biencoder(dataset, dataclasses.replace(cfg, steps=2), tmp_path / "fresh", log=lambda m: None, resume=True)
@@ -66,6 +90,7 @@ def test_a_hard_negative_raises_the_loss_only_when_it_competes():
     assert contrastive_loss(q, p, 0.1, hard) > base + 0.1
 
 
+@pytest.mark.training
 def test_training_with_hard_negatives_runs_and_fp16_needs_cuda(small, tmp_path):
     dataset, cfg = small
     meta = train_biencoder(dataset, dataclasses.replace(cfg, steps=3, save_every=0, hard_negatives=30), tmp_path / "hn",
@@ -79,7 +104,7 @@ def test_training_with_hard_negatives_runs_and_fp16_needs_cuda(small, tmp_path):
 def test_masking_follows_bert_and_never_touches_padding_or_special_tokens():
     import numpy as np
 
-    from shopsearch.pretraining import mask_tokens
+    from shopsearch.train.mlm import mask_tokens
 
     rng = np.random.default_rng(0)
     ids = np.tile(np.array([[2, 10, 11, 12, 13, 14, 15, 16, 3, 0, 0]]), (4000, 1))
@@ -92,10 +117,11 @@ def test_masking_follows_bert_and_never_touches_padding_or_special_tokens():
     assert (labels[chosen] == ids[chosen]).all()
 
 
+@pytest.mark.training
 def test_mlm_pretraining_learns_the_catalog_and_hands_its_transformer_to_the_bi_encoder(small, tmp_path):
-    from shopsearch.modeling import BiEncoder, EncoderConfig
-    from shopsearch.pretraining import pretrain_mlm
-    from shopsearch.tokenization import TextEncoder, train_wordpiece
+    from shopsearch.core.modeling import BiEncoder, EncoderConfig
+    from shopsearch.train.mlm import pretrain_mlm
+    from shopsearch.core.tokenization import TextEncoder, train_wordpiece
 
     dataset, cfg = small
     texts = [p.search_text() for p in dataset.products]

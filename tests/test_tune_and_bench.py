@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from shopsearch.serving.serving_bench import TARGETS, bench_serving, report_markdown
-from shopsearch.serving.tuner import TuneGrid, tune
-from shopsearch.serving.tuning import ModelSettings, Tuning
+from shopsearch.perf.bench_serving import TARGETS, bench_serving, report_markdown
+from shopsearch.perf.tune import TuneGrid, tune
+from shopsearch.triton.tuning import ModelSettings, Tuning
 
 pytestmark = pytest.mark.integration
 QUERIES = Path(__file__).resolve().parents[1] / "loadtests" / "perf_data" / "search_queries.json"

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from shopsearch.errors import ShopSearchError
-from shopsearch.recs.data import load_interactions
-from shopsearch.recs.recipe import load_rec_config, load_rec_data_options, train_to_checkpoint
+from shopsearch.data.interactions import load_interactions
+from shopsearch.train.recipes import load_rec_config, load_rec_data_options
+from shopsearch.train.recommender import train_to_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,11 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from shopsearch.distillation import distill_stage
+from shopsearch.compress.distillation import distill_config, distill_stage
 from shopsearch.errors import ConfigError, ShopSearchError
-from shopsearch.recipes import load_recipe
-from shopsearch.rerank_training import train_reranker_stage
-from shopsearch.training import train_biencoder
+from shopsearch.train.recipes import load_recipe
+from shopsearch.train.reranker import train_reranker_stage
+from shopsearch.train.biencoder import train_biencoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         config = recipe.train_config(steps=args.steps, amp_bf16=args.bf16 or None, amp_fp16=args.fp16 or None,
                                      save_every=args.save_every)
         log = lambda m: print(m, flush=True)  # noqa: E731
-        distill = recipe.distill_config()
+        distill = distill_config(recipe)
         if args.distill_only and distill is None:
             raise ConfigError(str(args.recipe), "[distill]", "--distill-only needs a [distill] section")
         if not (args.reranker_only or args.distill_only):

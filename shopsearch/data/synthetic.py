@@ -251,11 +251,12 @@ def generate_shop(cfg: SyntheticShopConfig | None = None) -> Dataset:
 def _judge(constraints, by_type, complements, products, rng) -> dict[str, int]:
     wanted = len(constraints) - 1
     same_type = by_type[constraints["type"]]
-    exact = [p for p in same_type if _matches(p, constraints) == wanted]
-    substitutes = [p for p in same_type if _matches(p, constraints) < wanted]
+    met = [(p, _matches(p, constraints)) for p in same_type]  # once per product: the generator's hot loop
+    exact = [p for p, m in met if m == wanted]
     # Best substitutes first: they miss the fewest constraints; then the popular ones.
     exact.sort(key=lambda p: (-p.popularity, p.product_id))
-    substitutes.sort(key=lambda p: (-_matches(p, constraints), -p.popularity, p.product_id))
+    substitutes = [p for p, _ in sorted(((p, m) for p, m in met if m < wanted),
+                                        key=lambda pm: (-pm[1], -pm[0].popularity, pm[0].product_id))]
     complement_pool = [p for t in complements.get(constraints["type"], ()) for p in by_type[t]]
     judged: dict[str, int] = {}
     for p in exact[: MAX_JUDGED[3]]:

@@ -12,24 +12,23 @@ history item is known.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from shopsearch.core.index import INDEX_VECTORS
+from shopsearch.core.results import CatalogLookup
 from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
-from shopsearch.index import INDEX_VECTORS
-from shopsearch.results import CatalogLookup
+from shopsearch.serving.params import StepParams
 from shopsearch.serving.steps import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, SCORES, TITLES, Arrays, Outcome, _param, intra_op_threads, requested_k,
+    Arrays, Outcome, PostprocessParams, requested_k, session_threads,
+)
+from shopsearch.serving.tensors import (
+    CANDIDATE_INDICES, CANDIDATE_SCORES, EXCLUDE, HISTORY, KNOWN_ITEMS, PRODUCT_IDS, SCORES, SEEN_ITEMS, STRATEGY, TITLES,
+    UNKNOWN_IDS,
 )
 
-HISTORY = "HISTORY"
-EXCLUDE = "EXCLUDE"
-SEEN_ITEMS = "SEEN_ITEMS"  # catalog rows a response must not contain; -1 pads
-KNOWN_ITEMS = "KNOWN_ITEMS"  # how many history ids were in the catalog; 0 -> popularity
-UNKNOWN_IDS = "UNKNOWN_IDS"  # the ids item_lookup ignored, "" pads
-STRATEGY = "STRATEGY"  # "model" or "popularity": what answered
 USER_ENCODER_FILE = "model.onnx"
 POPULARITY_FILE = "popularity.json"
 # Ids one request row may carry; far beyond any window, it only bounds the work a request can ask for.
@@ -49,8 +48,16 @@ def _ids(raw: np.ndarray, model: str, field: str) -> list[list[str]]:
     return rows
 
 
+@dataclass(frozen=True)
+class ItemLookupParams(StepParams):
+    items_output: str  # the user encoder graph's input name
+    window: int  # item rows per history the encoder reads (its fixed input width)
+    max_seen: int  # rows a response leaves out: EXCLUDE first, then the newest history
+
+
 class ItemLookupStep:
     name = "item_lookup"
+    params_type = ItemLookupParams
 
     def __init__(self, product_ids: list[str], items_name: str, window: int, max_seen: int):
         self.row = {pid: i for i, pid in enumerate(product_ids)}
@@ -58,9 +65,8 @@ class ItemLookupStep:
         self.items_name, self.window, self.max_seen = items_name, window, max_seen
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "ItemLookupStep":
-        return cls(CatalogLookup.load(version_dir).product_ids, _param(params, cls.name, "items_output"),
-                   int(_param(params, cls.name, "window")), int(_param(params, cls.name, "max_seen")))
+    def from_artifacts(cls, version_dir: Path, params: ItemLookupParams) -> "ItemLookupStep":
+        return cls(CatalogLookup.load(version_dir).product_ids, params.items_output, params.window, params.max_seen)
 
     def lookup(self, history: list[str], exclude: list[str]) -> tuple[list[int], list[int], list[str]]:
         """(known rows oldest first, rows to leave out, unknown ids)."""
@@ -109,10 +115,17 @@ def _check_rows(model: str, name: str, rows: np.ndarray, window: int, n_items: i
         raise InvalidInputError(model, name, f"item rows must lie in [0, {n_items}] ({n_items} pads)")
 
 
+@dataclass(frozen=True)
+class UserEncoderParams(StepParams):
+    n_items: int  # catalog items; row n_items is the padding row
+    intra_op_threads: int = 0  # ONNX Runtime threads per instance; 0: one
+
+
 class UserEncoderStep:
     """The exported sequential recommender: item rows -> user vector, all requests in one run."""
 
     name = "user_encoder"
+    params_type = UserEncoderParams
 
     def __init__(self, path: Path, n_items: int, threads: int = 0):
         import onnxruntime as ort
@@ -127,8 +140,8 @@ class UserEncoderStep:
         self.n_items = n_items
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "UserEncoderStep":
-        return cls(version_dir / USER_ENCODER_FILE, int(_param(params, cls.name, "n_items")), intra_op_threads(params))
+    def from_artifacts(cls, version_dir: Path, params: UserEncoderParams) -> "UserEncoderStep":
+        return cls(version_dir / USER_ENCODER_FILE, params.n_items, session_threads(params.intra_op_threads))
 
     def encode(self, rows: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: rows.astype(np.int64, copy=False)})[0]
@@ -152,10 +165,18 @@ class UserEncoderStep:
         return outcomes  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class ItemEmbeddingParams(StepParams):
+    items_input: str  # the user encoder graph's input name (similar_items swaps this step for it)
+    vector_output: str  # ... and its output name
+    window: int
+
+
 class ItemEmbeddingStep:
     """Item rows -> the mean of their item vectors (the same table the ranker searches)."""
 
     name = "item_embedding"
+    params_type = ItemEmbeddingParams
 
     def __init__(self, vectors: np.ndarray, items_name: str, output_name: str, window: int):
         self.vectors = np.vstack([vectors, np.zeros((1, vectors.shape[1]), dtype=np.float32)])  # + the padding row
@@ -163,12 +184,11 @@ class ItemEmbeddingStep:
         self.items_name, self.output_name, self.window = items_name, output_name, window
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "ItemEmbeddingStep":
+    def from_artifacts(cls, version_dir: Path, params: ItemEmbeddingParams) -> "ItemEmbeddingStep":
         path = version_dir / INDEX_VECTORS
         if not path.exists():
             raise ArtifactError(f"{cls.name}: {path} is missing")
-        return cls(np.load(path), _param(params, cls.name, "items_input"), _param(params, cls.name, "vector_output"),
-                   int(_param(params, cls.name, "window")))
+        return cls(np.load(path), params.items_input, params.vector_output, params.window)
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -190,6 +210,7 @@ class RecPostprocessStep:
     known history item, the popularity ranking alone."""
 
     name = "rec_postprocess"
+    params_type = PostprocessParams
 
     def __init__(self, catalog: CatalogLookup, popularity: np.ndarray, top_k: int, max_k: int):
         self.catalog, self.top_k, self.max_k = catalog, top_k, max_k
@@ -197,7 +218,7 @@ class RecPostprocessStep:
         self.by_popularity = np.lexsort((np.arange(len(popularity)), -self.popularity))
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "RecPostprocessStep":
+    def from_artifacts(cls, version_dir: Path, params: PostprocessParams) -> "RecPostprocessStep":
         catalog = CatalogLookup.load(version_dir)
         path = version_dir / POPULARITY_FILE
         if not path.exists():
@@ -205,7 +226,7 @@ class RecPostprocessStep:
         popularity = np.asarray(json.loads(path.read_text())["counts"], dtype=np.float32)
         if len(popularity) != len(catalog):
             raise ArtifactError(f"{cls.name}: {len(popularity)} popularity counts for {len(catalog)} catalog items")
-        return cls(catalog, popularity, int(_param(params, cls.name, "top_k")), int(_param(params, cls.name, "max_k")))
+        return cls(catalog, popularity, params.top_k, params.max_k)
 
     def requested_k(self, arrays: Arrays) -> int:
         return requested_k(arrays, self.top_k, self.max_k, self.name)

@@ -4,44 +4,37 @@ Each step's `run` takes one dict of input arrays per request (what Triton's dyna
 grouped together) and returns, per request, either a dict of output arrays or the
 ShopSearchError that request earned. The ranker joins the requests into one batch, and so does
 the embedder unless its artifact must run row by row (INT8); a bad request never fails its neighbours.
+
+Each step declares the parameters it is built with as a frozen dataclass (`params`); the config
+builders write exactly that (shopsearch.build.search_configs) and `from_artifacts` reads it back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shopsearch.embedding import OnnxEmbedder
-from shopsearch.errors import ArtifactError, InvalidInputError, ShopSearchError
-from shopsearch.hybrid import LEXICAL_DIR, RERANKER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
-from shopsearch.index import CatalogIndex
-from shopsearch.results import CatalogLookup, hits_to_arrays
-from shopsearch.serving.step_metrics import CANDIDATE_POOL, TOKEN_COUNTS
-from shopsearch.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
+from shopsearch.core.embedding import OnnxEmbedder
+from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
+from shopsearch.core.index import CatalogIndex
+from shopsearch.core.results import CatalogLookup, hits_to_arrays
+from shopsearch.core.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
+from shopsearch.errors import ConfigError, InvalidInputError, ShopSearchError
+from shopsearch.serving.metrics import CANDIDATE_POOL, TOKEN_COUNTS
+from shopsearch.serving.params import StepParams
+from shopsearch.serving.tensors import (
+    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
+)
 
 Arrays = dict[str, np.ndarray]
 Outcome = Arrays | ShopSearchError
 
-QUERY = "QUERY"
-# The query text as the tokenizer read it, UTF-8 in a fixed-size UINT8 row (zero padded) for the
-# hybrid ranker's BM25. Not BYTES: Triton checks a fixed-size tensor's byte count per request, so
-# no caller can send the ranker malformed string framing that would fail the requests batched
-# with it (the Python backend fails a whole execution on one malformed BYTES input).
-QUERY_TEXT = "QUERY_TEXT"
-QUERY_TEXT_BYTES = 512
-TOPK = "TOPK"
-CANDIDATE_INDICES = "CANDIDATE_INDICES"
-CANDIDATE_SCORES = "CANDIDATE_SCORES"
-PRODUCT_IDS = "PRODUCT_IDS"
-TITLES = "TITLES"
-SCORES = "SCORES"
-
 EMBEDDER_FILE = "model.onnx"
 
 
-def intra_op_threads(params: Mapping[str, str]) -> int:
+def session_threads(configured: int) -> int:
     """ONNX Runtime threads per served instance: the configured number, or with 0 one thread.
 
     A served model shares the cores with the server, the other models and often the clients;
@@ -50,8 +43,7 @@ def intra_op_threads(params: Mapping[str, str]) -> int:
     embedder took 0.40 ms CPU on one thread and 0.64-0.72 ms on two, and the served embedder
     used 0.74-1.0 cores at ~360 q/s with two threads against 0.28 cores at ~470 q/s with one.
     More cores: raise the instance count (`make tune`), or set threads explicitly."""
-    threads = int(params.get("intra_op_threads", "0"))
-    return threads if threads > 0 else 1
+    return configured if configured > 0 else 1
 
 
 def serving_thread_limits():
@@ -63,12 +55,6 @@ def serving_thread_limits():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def _param(params: Mapping[str, str], model: str, key: str) -> str:
-    if key not in params:
-        raise ArtifactError(f"{model}: config.pbtxt parameter '{key}' is missing")
-    return params[key]
 
 
 def encode_query_text(texts: list[str]) -> np.ndarray:
@@ -97,18 +83,30 @@ def requested_k(arrays: Arrays, default: int, max_k: int, model: str) -> int:
     return k
 
 
+@dataclass(frozen=True)
+class TokenizerParams(StepParams):
+    max_length: int  # tokens per query, [CLS] and [SEP] included; longer queries are truncated
+    ids_output: str  # the embedder graph's input names
+    mask_output: str
+    pad_multiple: int = 0  # > 0: pad each batch to a multiple of this (native GPU backends batch equal shapes)
+    text_output: str | None = None  # QUERY_TEXT: also emit the query text (the hybrid ranker's BM25 reads it)
+
+    def __post_init__(self) -> None:
+        if self.text_output not in (None, QUERY_TEXT):
+            raise ConfigError("tokenizer", "text_output", f"must be {QUERY_TEXT} or absent, got {self.text_output!r}")
+
+
 class TokenizerStep:
     name = "tokenizer"
+    params_type = TokenizerParams
 
     def __init__(self, encoder: TextEncoder, ids_name: str, mask_name: str, emit_text: bool = False):
         self.encoder, self.ids_name, self.mask_name, self.emit_text = encoder, ids_name, mask_name, emit_text
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "TokenizerStep":
-        encoder = TextEncoder.from_file(version_dir / TOKENIZER_FILE, int(_param(params, cls.name, "max_length")), cls.name,
-                                        pad_multiple=int(params.get("pad_multiple", "0")))
-        return cls(encoder, _param(params, cls.name, "ids_output"), _param(params, cls.name, "mask_output"),
-                   emit_text=params.get("text_output") == QUERY_TEXT)
+    def from_artifacts(cls, version_dir: Path, params: TokenizerParams) -> "TokenizerStep":
+        encoder = TextEncoder.from_file(version_dir / TOKENIZER_FILE, params.max_length, cls.name, pad_multiple=params.pad_multiple)
+        return cls(encoder, params.ids_output, params.mask_output, emit_text=params.text_output is not None)
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -129,8 +127,17 @@ class TokenizerStep:
         return outcomes
 
 
+@dataclass(frozen=True)
+class EmbedderParams(StepParams):
+    vocab_size: int  # token ids outside [0, vocab_size) are refused
+    max_length: int  # the longest sequence the graph accepts (its position embeddings)
+    intra_op_threads: int = 0  # ONNX Runtime threads per instance; 0: one (see session_threads)
+    row_by_row: bool = False  # run each query alone (dynamic INT8: a vector must not depend on its batch)
+
+
 class EmbedderStep:
     name = "embedder"
+    params_type = EmbedderParams
 
     def __init__(self, embedder: OnnxEmbedder, vocab_size: int, max_length: int):
         self.embedder, self.vocab_size, self.max_length = embedder, vocab_size, max_length
@@ -138,10 +145,9 @@ class EmbedderStep:
         self.output_name = embedder.output_name
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "EmbedderStep":
-        embedder = OnnxEmbedder(version_dir / EMBEDDER_FILE, intra_op_threads(params),
-                                row_by_row=params.get("row_by_row", "0") == "1")
-        return cls(embedder, int(_param(params, cls.name, "vocab_size")), int(_param(params, cls.name, "max_length")))
+    def from_artifacts(cls, version_dir: Path, params: EmbedderParams) -> "EmbedderStep":
+        embedder = OnnxEmbedder(version_dir / EMBEDDER_FILE, session_threads(params.intra_op_threads), row_by_row=params.row_by_row)
+        return cls(embedder, params.vocab_size, params.max_length)
 
     def run(self, requests: list[Arrays]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(requests)
@@ -169,24 +175,44 @@ class EmbedderStep:
         return outcomes  # type: ignore[return-value]
 
 
+HYBRID = "hybrid"
+
+
+@dataclass(frozen=True)
+class RankerParams(StepParams):
+    query_input: str  # the embedder graph's output name
+    n_candidates: int  # rows returned per query
+    embedder_id: str  # checksum of the embedder the index was built with; the index refuses any other
+    mode: str | None = None  # None: dense (exact inner product); HYBRID: BM25 + dense, re-ranked
+    n_dense: int | None = None  # hybrid: dense candidates per query
+    n_lexical: int | None = None  # hybrid: BM25 candidates per query
+
+    def __post_init__(self) -> None:
+        if self.mode not in (None, HYBRID):
+            raise ConfigError("ranker", "mode", f"must be {HYBRID} or absent (dense), got {self.mode!r}")
+        if (self.mode == HYBRID) != (self.n_dense is not None and self.n_lexical is not None):
+            raise ConfigError("ranker", "n_dense/n_lexical", "are set exactly when the mode is hybrid")
+
+
 class RankerStep:
     """Query vectors -> candidate catalog rows and scores. Dense mode: exact inner-product search.
     Hybrid mode (a build with a trained re-ranker): BM25 and dense candidates, re-ranked by the
     learned model, which also needs the query text."""
 
     name = "ranker"
+    params_type = RankerParams
 
     def __init__(self, index: CatalogIndex, query_name: str, n_candidates: int, hybrid: HybridRanker | None = None):
         self.index, self.query_name, self.n_candidates, self.hybrid = index, query_name, n_candidates, hybrid
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "RankerStep":
-        index = CatalogIndex.load(version_dir, expected_embedder_id=_param(params, cls.name, "embedder_id"))
+    def from_artifacts(cls, version_dir: Path, params: RankerParams) -> "RankerStep":
+        index = CatalogIndex.load(version_dir, expected_embedder_id=params.embedder_id)
         hybrid = None
-        if params.get("mode", "dense") == "hybrid":
+        if params.mode == HYBRID:
             hybrid = HybridRanker(index, LexicalScorer.load(version_dir / LEXICAL_DIR), OnnxReranker(version_dir / RERANKER_ONNX),
-                                  int(_param(params, cls.name, "n_dense")), int(_param(params, cls.name, "n_lexical")))
-        return cls(index, _param(params, cls.name, "query_input"), int(_param(params, cls.name, "n_candidates")), hybrid)
+                                  params.n_dense, params.n_lexical)
+        return cls(index, params.query_input, params.n_candidates, hybrid)
 
     def _texts(self, arrays: Arrays, rows: int) -> list[str]:
         if QUERY_TEXT not in arrays:
@@ -228,18 +254,25 @@ class RankerStep:
         return outcomes  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class PostprocessParams(StepParams):
+    top_k: int  # products per answer when the request sends no TOPK
+    max_k: int  # the most a request may ask for: the ranker's candidate count
+
+
 class PostprocessStep:
     """Candidates -> top-k products. `top_k` is the default; a request may ask for fewer or more
     (up to the ranker's candidate count) with the optional TOPK input."""
 
     name = "postprocess"
+    params_type = PostprocessParams
 
     def __init__(self, catalog: CatalogLookup, top_k: int, max_k: int):
         self.catalog, self.top_k, self.max_k = catalog, top_k, max_k
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: Mapping[str, str]) -> "PostprocessStep":
-        return cls(CatalogLookup.load(version_dir), int(_param(params, cls.name, "top_k")), int(_param(params, cls.name, "max_k")))
+    def from_artifacts(cls, version_dir: Path, params: PostprocessParams) -> "PostprocessStep":
+        return cls(CatalogLookup.load(version_dir), params.top_k, params.max_k)
 
     def requested_k(self, arrays: Arrays) -> int:
         return requested_k(arrays, self.top_k, self.max_k, self.name)
@@ -259,5 +292,3 @@ class PostprocessStep:
             outcomes.append({PRODUCT_IDS: ids, TITLES: titles, SCORES: top_scores})
         return outcomes
 
-
-STEP_TYPES = {step.name: step for step in (TokenizerStep, EmbedderStep, RankerStep, PostprocessStep)}

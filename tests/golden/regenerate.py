@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from shopsearch.serving.model_config import render_config
+from shopsearch.triton.model_config import render_config
 
 if __name__ == "__main__":
     import sys

@@ -1,5 +1,0 @@
-from shopsearch.serving.python_backend import TritonStepModel
-
-
-class TritonPythonModel(TritonStepModel):
-    step_name = "item_lookup"

@@ -1,0 +1,272 @@
+"""`make build-repo`: checkpoint -> verified artifacts -> catalog index -> Triton model repository.
+
+TARGET=cpu (default): Python-backend models; the embedder runs ONNX Runtime on the artifact chosen
+by PRECISION (fp32, fused, int8). TARGET=gpu: the embedder becomes a native `tensorrt_plan`
+(FP16 engine) or `onnxruntime_onnx` model on KIND_GPU for NVIDIA's Triton container; tokenizer,
+ranker and postprocess stay Python. Every artifact passes the parity gate or the build fails.
+
+`build_repository` reads top to bottom as the stages of a build: load the checkpoint, export and
+measure the reference, derive the artifact chain, gate each link, index the catalog with the served
+artifact, derive the configs, add the recommender, lay out the repository.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shopsearch.build.options import GPU_PAD_MULTIPLE, BuildOptions
+from shopsearch.build.recs import build_rec_models
+from shopsearch.build.search_configs import (
+    embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
+)
+from shopsearch.core.embedding import OnnxEmbedder
+from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, catalog_popularity
+from shopsearch.build.versions import model_version
+from shopsearch.core.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
+from shopsearch.core.modeling import CHECKPOINT_WEIGHTS, BiEncoder, load_checkpoint
+from shopsearch.core.provenance import file_sha256, git_revision, utc_timestamp
+from shopsearch.core.recommender import load_rec_catalog
+from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_CARD, RERANKER_DIR, load_reranker
+from shopsearch.core.results import CATALOG_FILE, CatalogLookup
+from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
+from shopsearch.data.schema import Dataset
+from shopsearch.export.onnx import export_onnx, read_signature
+from shopsearch.export.optimize import PARITY, ROW_BY_ROW, fuse_transformer, quantize_int8
+from shopsearch.export.parity import (
+    RetrievalSet, SideOutputs, compare, gate, onnxrt_runner, polygraphy_compare, reference_outputs, run_side,
+)
+from shopsearch.export.reranker import export_reranker
+from shopsearch.export.tensorrt import (
+    BUILD_COMMAND_FILE, ENGINE_FILE, PROFILES_FILE, TrtEmbedder, build_engine, profiles_for, require_tensorrt,
+    token_length_stats, trt_runner,
+)
+from shopsearch.serving.steps import EMBEDDER_FILE
+from shopsearch.triton.ensemble import load_declaration, wire_ensemble
+from shopsearch.triton.model_config import DynamicBatching
+from shopsearch.triton.repository import ModelVersion, layout_repository, repository_size_bytes
+from shopsearch.triton.tuning import Tuning
+
+Chain = list[tuple[str, Path]]  # (artifact name, file), the served artifact last
+
+
+@dataclass
+class SearchCheckpoint:
+    """The trained bi-encoder being built, with its card and the tokenizers of both sides."""
+
+    path: Path
+    model: BiEncoder
+    card: dict
+    query_encoder: TextEncoder
+    product_encoder: TextEncoder
+
+    @classmethod
+    def load(cls, checkpoint: Path) -> "SearchCheckpoint":
+        model, card = load_checkpoint(checkpoint)
+        tokenizer = checkpoint / TOKENIZER_FILE
+        return cls(checkpoint, model, card, TextEncoder.from_file(tokenizer, model.config.max_query_length),
+                   TextEncoder.from_file(tokenizer, model.config.max_product_length))
+
+
+def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
+                     options: BuildOptions = BuildOptions(), log=print, tuning: Tuning | None = None,
+                     rec_checkpoint: Path | None = None) -> dict:
+    """`tuning` (from `make tune`) sets each model's instances and dynamic batching; None keeps the defaults.
+    `rec_checkpoint`: also lay out the recommendation models and the recommend / similar_items ensembles."""
+    if options.target == "gpu" and options.gpu_backend == "tensorrt":
+        require_tensorrt()  # stop before any work when the engine cannot be built here
+    timings: dict[str, float] = {}
+    started = time.time()
+    source = SearchCheckpoint.load(checkpoint)
+    work.mkdir(parents=True, exist_ok=True)
+
+    t = time.time()
+    fp32 = export_onnx(source.model, work / "model.fp32.onnx")
+    data = RetrievalSet.from_dataset(dataset, options.parity_queries)
+    reference = reference_outputs(source.model, source.query_encoder, source.product_encoder, data)
+    timings["export_and_reference_s"] = round(time.time() - t, 2)
+
+    chain, details = artifact_chain(fp32, source, data, options, work)
+    t = time.time()
+    parity, served_side = gate_chain(chain, reference, source, data, options, log)
+    timings["artifacts_and_parity_s"] = round(time.time() - t, 2)
+    served_name, served_path = chain[-1]
+
+    # The index is embedded by the served artifact itself, so queries and products share a space.
+    embedder_id = file_sha256(served_path)
+    index = CatalogIndex(served_side.catalog_vectors, embedder_id)
+    index.save(work / "index")
+    CatalogLookup.from_products(dataset.products).save(work / "catalog")
+    log(f"catalog index: {len(index)} products x {index.dim} dims, embedded by {served_name}")
+
+    provenance = {
+        "built_at": utc_timestamp(),
+        "code_version": git_revision(),
+        "checkpoint_sha256": file_sha256(checkpoint / CHECKPOINT_WEIGHTS),
+        "training_data_fingerprint": source.card.get("dataset", {}).get("fingerprint"),
+        "catalog_fingerprint": dataset.fingerprint(),
+    }
+    tuning = tuning or Tuning()
+    versions, ranker_manifest = search_models(source, read_signature(fp32), chain, index, dataset, work, options,
+                                              tuning, provenance, parity, log)
+    rec_manifest = None
+    if rec_checkpoint is not None:
+        t = time.time()
+        rec_versions, rec_manifest = recommendation_models(rec_checkpoint, dataset, work, options, tuning, provenance, log)
+        versions += rec_versions
+        timings["recommender_s"] = round(time.time() - t, 2)
+
+    manifest = {
+        **provenance,
+        "target": options.target,
+        "served_embedder": served_name,
+        "checkpoint": {"path": str(checkpoint), "dataset": source.card.get("dataset", {}),
+                       "dev_metrics": source.card.get("dev_metrics", {})},
+        "catalog": {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "products": len(dataset.products)},
+        "embedder_id": embedder_id,
+        "index_checksum": index.checksum(),
+        "parity": parity,
+        "ranker": ranker_manifest,
+        "artifact_details": details,
+        "options": asdict(options),
+        "tuning": {"models": tuning.to_json()["models"], "measured_on": tuning.measured.get("machine")},
+        **({"recommender": rec_manifest} if rec_manifest else {}),
+    }
+    layout_repository(out, versions, manifest)
+    timings["total_s"] = round(time.time() - started, 2)
+    size = repository_size_bytes(out)
+    log(f"model repository: {out} ({size / 1e6:.1f} MB, target {options.target}, embedder {served_name}, {timings['total_s']}s)")
+    return {**manifest, "models": [v.config.name for v in versions], "timings": timings, "repository_bytes": size}
+
+
+def artifact_chain(fp32: Path, source: SearchCheckpoint, data: RetrievalSet, options: BuildOptions,
+                   work: Path) -> tuple[Chain, dict]:
+    """The artifacts to gate, in order, the served one last. CPU: fp32 -> fused -> int8, as far as
+    PRECISION asks; GPU: the FP32 graph for ONNX Runtime, or a TensorRT FP16 engine built from it."""
+    if options.target == "cpu":
+        chain: Chain = [("onnx_fp32", fp32)]
+        details: dict = {}
+        if options.precision in ("fused", "int8"):
+            cfg = source.model.config
+            fused, fused_ops = fuse_transformer(fp32, work / "model.fused.onnx", cfg.num_heads, cfg.hidden_size)
+            details["fused_operators"] = fused_ops
+            chain.append(("onnx_fused", fused))
+        if options.precision == "int8":
+            chain.append(("onnx_int8", quantize_int8(chain[-1][1], work / "model.int8.onnx")))
+        return chain, details
+    if options.gpu_backend == "onnxruntime":
+        return [("onnx_fp32", fp32)], {}
+    stats = token_length_stats(source.query_encoder, data.query_texts or data.probes)
+    profiles = profiles_for(stats, source.model.config.max_query_length, 256, GPU_PAD_MULTIPLE)
+    engine = build_engine(fp32, work / "engine", profiles, fp16=True)
+    return [("onnx_fp32", fp32), ("trt_fp16", engine)], {"token_lengths": stats, "profiles": [asdict(p) for p in profiles]}
+
+
+def gate_chain(chain: Chain, reference: SideOutputs, source: SearchCheckpoint, data: RetrievalSet,
+               options: BuildOptions, log) -> tuple[dict[str, dict], SideOutputs]:
+    """Every artifact against the PyTorch model (the build fails on the first one out of bounds);
+    rewritten graphs and engines also tensor by tensor against the FP32 graph with Polygraphy.
+    Returns the parity numbers per artifact and the served (last) artifact's outputs."""
+    fp32 = chain[0][1]
+    parity: dict[str, dict] = {}
+    side = reference
+    for name, path in chain:
+        t = time.time()
+        if name == "trt_fp16":
+            embedder = TrtEmbedder(path, profile_index=1)
+        else:
+            embedder = OnnxEmbedder(path, options.intra_op_threads, row_by_row=name in ROW_BY_ROW)
+        side = run_side(embedder, source.query_encoder, source.product_encoder, data)
+        report = gate(compare(name, reference, side, PARITY[name]))
+        parity[name] = report.to_json()
+        if name in ("onnx_fused", "trt_fp16"):
+            feeds = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
+                     for b in (source.query_encoder.encode_texts(data.probes[i : i + 16]) for i in range(0, 48, 16))]
+            candidate = trt_runner(path, 1, name) if name == "trt_fp16" else onnxrt_runner(path, name)
+            parity[name]["polygraphy_vs_onnx_fp32"] = polygraphy_compare(
+                onnxrt_runner(fp32, "onnx_fp32"), candidate, feeds, atol=PARITY[name].max_abs_diff)
+        parity[name]["seconds"] = round(time.time() - t, 2)
+        log(f"parity {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in report.numbers.items()))
+    return parity, side
+
+
+def search_models(source: SearchCheckpoint, signature, chain: Chain, index: CatalogIndex, dataset: Dataset, work: Path,
+                  options: BuildOptions, tuning: Tuning, provenance: dict, parity: dict, log) -> tuple[list[ModelVersion], dict]:
+    """tokenizer -> embedder -> ranker -> postprocess and the `search` ensemble wiring them, each
+    config derived from the artifacts (tensor names from the exported graph) and tuned."""
+    cfg = source.model.config
+    served_name, served_path = chain[-1]
+    batching = options.batching
+    if options.target == "cpu":
+        emb = embedder_config(signature, cfg.vocab_size, cfg.max_positions, options.intra_op_threads, batching,
+                              row_by_row=served_name in ROW_BY_ROW)
+        embedder_files = {EMBEDDER_FILE: served_path}
+    else:
+        gpu_batching = DynamicBatching(preferred_batch_sizes=(8, 32), max_queue_delay_us=options.max_queue_delay_us,
+                                       max_queue_size=options.max_queue_size, queue_timeout_us=options.queue_timeout_us)
+        profiles = ("0", "1") if options.gpu_backend == "tensorrt" else ("0",)
+        emb = embedder_gpu_config(signature, options.gpu_backend, gpu_batching, profiles)
+        embedder_files = ({ENGINE_FILE: served_path, BUILD_COMMAND_FILE: served_path.parent / BUILD_COMMAND_FILE,
+                           PROFILES_FILE: served_path.parent / PROFILES_FILE}
+                          if options.gpu_backend == "tensorrt" else {EMBEDDER_FILE: served_path})
+    ranker_files = {INDEX_VECTORS: work / "index" / INDEX_VECTORS, INDEX_MANIFEST: work / "index" / INDEX_MANIFEST}
+    hybrid, ranker_manifest = None, {"mode": "dense"}
+    if (source.path / RERANKER_DIR / RERANKER_CARD).exists():
+        hybrid, files, ranker_manifest = hybrid_ranker_artifacts(source.path / RERANKER_DIR, dataset, work, log)
+        ranker_files.update(files)
+    pad = GPU_PAD_MULTIPLE if options.target == "gpu" else 0
+    tok = tokenizer_config(signature, cfg.max_query_length, batching, pad_multiple=pad, emit_text=hybrid is not None)
+    rank = ranker_config(emb.outputs[0], min(options.n_candidates, len(index)), index.embedder_id, batching, hybrid)
+    post = postprocess_config(rank, options.top_k, batching)
+    tok, emb, rank, post = (tuning.apply(c) for c in (tok, emb, rank, post))
+    search = wire_ensemble(load_declaration("search"), {c.name: c for c in (tok, emb, rank, post)})
+    embedder_manifest = {**provenance, "artifact": served_name, "embedder_id": index.embedder_id, "parity": parity[served_name]}
+    versions = [
+        model_version(tok, {TOKENIZER_FILE: source.path / TOKENIZER_FILE}, provenance),
+        model_version(emb, embedder_files, embedder_manifest),
+        model_version(rank, ranker_files, {**provenance, "embedder_id": index.embedder_id,
+                                           "index_checksum": index.checksum(), **ranker_manifest}),
+        model_version(post, {CATALOG_FILE: work / "catalog" / CATALOG_FILE}, provenance),
+        model_version(search, {}, provenance),
+    ]
+    return versions, ranker_manifest
+
+
+def hybrid_ranker_artifacts(reranker_dir: Path, dataset: Dataset, work: Path, log) -> tuple[tuple[int, int], dict[str, Path], dict]:
+    """The re-ranker as ONNX (checked against PyTorch) and the BM25 index of the catalog; each
+    carries its own checksum, so index, lexical index and re-ranker are versioned separately."""
+    model, card = load_reranker(reranker_dir)
+    onnx_path = work / "ranker" / RERANKER_ONNX
+    export = export_reranker(model, onnx_path, np.load(reranker_dir / PROBE_FEATURES))
+    lexical_dir = work / "ranker" / LEXICAL_DIR
+    # Popularity counted exactly as during re-ranker training (same holdout), so served features match.
+    holdout = card.get("holdout", 0.0)
+    counted = dataset.with_holdout(holdout) if holdout else dataset
+    LexicalScorer.build(dataset.products, catalog_popularity(counted, "train")).save(lexical_dir)
+    files = {RERANKER_ONNX: onnx_path, **{f"{LEXICAL_DIR}/{p.name}": p for p in sorted(lexical_dir.iterdir())}}
+    cfg = card["config"]
+    manifest = {
+        "mode": "hybrid",
+        "reranker_sha256": file_sha256(onnx_path),
+        "reranker_export": export,
+        "reranker_card": {k: card[k] for k in ("features", "config", "training_queries", "eval_metrics") if k in card},
+        "lexical_sha256": {name: file_sha256(path) for name, path in files.items() if name.startswith(LEXICAL_DIR)},
+    }
+    log(f"hybrid ranker: BM25 top {cfg['n_lexical']} + dense top {cfg['n_dense']}, re-ranker export max abs diff {export['max_abs_diff']:.2e}")
+    return (cfg["n_dense"], cfg["n_lexical"]), files, manifest
+
+
+def recommendation_models(rec_checkpoint: Path, dataset: Dataset, work: Path, options: BuildOptions, tuning: Tuning,
+                          provenance: dict, log) -> tuple[list[ModelVersion], dict]:
+    """The recommendation models and ensembles beside search, noting whether both serve one catalog."""
+    versions, manifest = build_rec_models(rec_checkpoint, work / "rec", options.batching, options.top_k,
+                                          options.intra_op_threads, options.target, tuning, provenance, log,
+                                          gpu_backend=options.gpu_backend)
+    same = load_rec_catalog(rec_checkpoint)[0] == [p.product_id for p in dataset.products]
+    manifest["same_catalog_as_search"] = same
+    if not same:
+        log("warning: the recommender was trained over another catalog than the one search serves")
+    return versions, manifest

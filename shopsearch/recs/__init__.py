@@ -1,1 +1,0 @@
-"""Recommendations: next-item (sequential) and similar-item retrieval over the same catalog machinery as search."""

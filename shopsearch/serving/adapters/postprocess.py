@@ -1,0 +1,5 @@
+from shopsearch.serving.backend import TritonStepModel
+
+
+class TritonPythonModel(TritonStepModel):
+    step_name = "postprocess"
