@@ -50,10 +50,10 @@ def test_overload_is_refused_fast_and_answered_requests_stay_bounded(triton_serv
     assert len(bounded.accepted_ms) + bounded.rejected == BURST
     assert bounded.rejected > 0 and set(bounded.errors) <= REFUSALS, bounded.errors
     # Refused at queue entry ("Exceeds maximum queue size"), not after waiting out a queue timeout.
-    # (Not "faster than the answered ones": a refused request first waits in the tokenizer's queue,
-    # which has no policy, so that comparison swings with how the burst lands: seen both ways.)
-    first_timeout_ms = min(p.default_timeout_microseconds for p in policies) / 1000
-    assert bounded.percentile("rejected", 99) < first_timeout_ms
+    # How long a refusal takes is printed, not asserted: a refused request first waits in the
+    # tokenizer's queue, which has no policy, so its latency is that queue's length under the burst
+    # (refused p99 seen from 0.6 to 2.8 s on this 2-core machine, old and new code alike).
+    assert bounded.errors["Exceeds maximum queue size"] >= 0.95 * bounded.rejected, bounded.errors
     assert bounded.percentile("accepted", 99) < bound_ms
     assert unbounded.rejected == 0
     # How the answered tail compares with the unbounded queue's is printed above, not asserted: on
