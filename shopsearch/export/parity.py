@@ -2,7 +2,7 @@
 
 Per artifact: max abs diff and cosine of query embeddings on a fixed probe set, top-10 overlap of
 products retrieved from the full catalog, and dev nDCG@10 (the artifact embeds both the queries
-and the catalog, as it will when served). Bounds come from `optimize.PARITY`.
+and the catalog, as it will when served). Bounds come from `shopsearch.export.optimize.PARITY`.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def bench_serving(repo: Path, input_data: Path, work: Path, concurrency: int = 1
     composing = tuple(m for m in TUNED_MODELS if (repo / m).is_dir())
     unbatched = unbatched_repository(repo, work / "unbatched_repository")
     # What the tokenizer's one-request-per-execution isolation costs: the same repository with the
-    # tokenizer batching like the models after it (not safe to serve, see search_models).
+    # tokenizer batching like the models after it (not safe to serve, see build.search_configs.tokenizer_config).
     tokenizer_batched = variant_repository(repo, work / "tokenizer_batched_repository",
                                            Tuning({"tokenizer": current_tuning(repo).settings("embedder")}), batch_isolated=True)
     measured: dict[str, list] = {"served_grpc": [], "served_http": [], "unbatched_grpc": [], "tokenizer_batched_grpc": []}

@@ -157,7 +157,7 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
                     resume: bool = False) -> dict:
     """Stage 1 of search training: tokenizer, (optional) MLM pre-training, contrastive fine-tuning,
     dev evaluation and the checkpoint. Data-parallel under torchrun (each rank takes a shard of
-    every global batch; rank 0 evaluates and writes).
+    every global batch; rank 0 evaluates and writes). Returns the checkpoint's card ({} on other ranks).
 
     `tokenizer_file`: reuse a trained tokenizer instead of training one (WordPiece training breaks
     ties between equally frequent pieces differently from process to process). `resume`: continue
@@ -183,31 +183,17 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
     tokenizer_json = _tokenizer_json(dataset, cfg, rank, world, tokenizer_file, saved)
     enc_q, enc_p = _encoders(tokenizer_json, cfg)
     log(f"tokenizer: {enc_q.tokenizer.get_vocab_size()} wordpieces ({time.time() - started:.1f}s)")
-    model_cfg = EncoderConfig(
-        vocab_size=enc_q.tokenizer.get_vocab_size(), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-        max_query_length=cfg.max_query_length, max_product_length=cfg.max_product_length,
-        max_positions=cfg.max_positions, dropout=cfg.dropout,
-    )
+    model_cfg = _encoder_config(cfg, enc_q.tokenizer.get_vocab_size())
     pretrained, mlm_losses = _mlm_pretraining(model_cfg, cfg, enc_p, dataset, saved, log)
     run = ContrastiveRun.start(model_cfg, cfg, dataset, rank, world, pretrained, log)
     first_step, losses = run.restore(saved) if saved is not None else (0, [])
     if saved is not None:
         log(f"resumed at step {first_step} from {out_dir / RESUME_DIR}")
-
-    train_started = time.time()
-    for step in range(first_step, cfg.steps):
-        losses.append(run.step(enc_q, enc_p))
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            run.save(out_dir, step + 1, losses, tokenizer_json)
-        if (step + 1) % 50 == 0 or step == cfg.steps - 1:
-            rate = (step + 1) / (time.time() - train_started)
-            log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} ({rate:.2f} steps/s)")
+    train_seconds = _contrastive_steps(run, enc_q, enc_p, first_step, losses, out_dir, tokenizer_json, log)
     if rank != 0:
         return {}  # rank 0 evaluates and writes the checkpoint
-    model = run.model.cpu().eval()
-    train_seconds = time.time() - train_started
 
+    model = run.model.cpu().eval()
     eval_started = time.time()
     metrics = evaluate_model(model, enc_q, enc_p, dataset, "dev", cfg.eval_queries) if "dev" in dataset.queries else {}
     log(f"dev metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})} ({time.time() - eval_started:.1f}s)")
@@ -228,6 +214,30 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
     shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
     log(f"checkpoint: {out_dir}")
     return meta
+
+
+def _contrastive_steps(run: "ContrastiveRun", enc_q: TextEncoder, enc_p: TextEncoder, first_step: int, losses: list[float],
+                       out_dir: Path, tokenizer_json: str, log) -> float:
+    """Steps `first_step` .. the end, appending each step's loss to `losses` and writing the resume
+    state every `save_every` steps; returns the seconds spent."""
+    cfg = run.cfg
+    started = time.time()
+    for step in range(first_step, cfg.steps):
+        losses.append(run.step(enc_q, enc_p))
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            run.save(out_dir, step + 1, losses, tokenizer_json)
+        if (step + 1) % 50 == 0 or step == cfg.steps - 1:
+            rate = (step + 1) / (time.time() - started)
+            log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} ({rate:.2f} steps/s)")
+    return time.time() - started
+
+
+def _encoder_config(cfg: TrainConfig, vocab_size: int) -> EncoderConfig:
+    return EncoderConfig(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, max_query_length=cfg.max_query_length,
+        max_product_length=cfg.max_product_length, max_positions=cfg.max_positions, dropout=cfg.dropout,
+    )
 
 
 def _tokenizer_json(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, tokenizer_file: Path | None,
