@@ -54,12 +54,14 @@ def test_custom_metrics_appear_and_move_with_traffic(triton_server, tiny_dataset
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
-    # Custom metrics reach the endpoint through the Python stub's messages to the server process
-    # (this check failed once here with no other cause found): give the last counters of the
-    # ensemble a bounded time to land, then check exact values.
+    # Custom metrics reach the endpoint off the request path: each model's stub sends what it
+    # counted every 0.5 s, on its own clock. Give every model's counters a bounded time to land
+    # (waiting for the last model's alone once let the ranker's arrive after the check), then
+    # check exact values.
+    landed = {("shopsearch_query_chars_count", "tokenizer"): 20, ("shopsearch_rejected_requests_total", "tokenizer"): 3,
+              ("shopsearch_ranker_candidates_count", "ranker"): 20, ("shopsearch_queries_total", "postprocess"): 20}
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (delta("shopsearch_queries_total", model="postprocess") < 20
-                                           or delta("shopsearch_rejected_requests_total", model="tokenizer") < 3):
+    while time.monotonic() < deadline and any(delta(name, model=model) < n for (name, model), n in landed.items()):
         time.sleep(0.2)
         after = scrape(triton_server)
 
