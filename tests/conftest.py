@@ -38,6 +38,14 @@ def tiny_dataset(tiny_recipe):
 
 
 @pytest.fixture(scope="session")
+def default_shop():
+    """The shop `make demo` trains on (20,000 products, generated: a few seconds, once per session)."""
+    from shopsearch.data.synthetic import generate_shop
+
+    return generate_shop()
+
+
+@pytest.fixture(scope="session")
 def tiny_interactions(tiny_dataset):
     """Purchase sequences over the tiny shop's catalog, some longer than the model's window."""
     from shopsearch.data.interactions import SessionConfig, generate_sessions

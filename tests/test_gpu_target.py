@@ -63,10 +63,17 @@ def test_the_build_script_for_target_gpu_fails_with_a_clear_message_and_exit_cod
     assert "error: TARGET=gpu GPU_BACKEND=tensorrt needs the TensorRT Python package" in capsys.readouterr().err
 
 
-def test_gpu_onnxruntime_build_lays_out_a_complete_repository(random_checkpoint, tiny_dataset, tmp_path):
-    repo = tmp_path / "repo"
-    build_repository(random_checkpoint, tiny_dataset, repo, tmp_path / "work",
-                     BuildOptions(target="gpu", gpu_backend="onnxruntime", parity_queries=50), log=lambda m: None)
+@pytest.fixture(scope="module")
+def gpu_onnxruntime_repo(random_checkpoint, random_rec_checkpoint, tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu_ort")
+    build_repository(random_checkpoint, tiny_dataset, root / "repo", root / "work",
+                     BuildOptions(target="gpu", gpu_backend="onnxruntime", parity_queries=50), log=lambda m: None,
+                     rec_checkpoint=random_rec_checkpoint)
+    return root / "repo"
+
+
+def test_gpu_onnxruntime_build_lays_out_a_complete_repository(gpu_onnxruntime_repo, tiny_dataset):
+    repo = gpu_onnxruntime_repo
     embedder = read_config(repo / "embedder")
     assert embedder.platform == "onnxruntime_onnx" and (repo / "embedder" / "1" / "model.onnx").exists()
     assert not (repo / "embedder" / "1" / "model.py").exists()
@@ -76,6 +83,16 @@ def test_gpu_onnxruntime_build_lays_out_a_complete_repository(random_checkpoint,
     manifest = json.loads((repo / "embedder" / "1" / "manifest.json").read_text())
     assert manifest["artifact"] == "onnx_fp32" and manifest["parity"]["passed"]
     assert manifest["checkpoint_sha256"] and manifest["catalog_fingerprint"] == tiny_dataset.fingerprint()
+
+
+def test_gpu_onnxruntime_build_serves_the_user_encoder_natively(gpu_onnxruntime_repo):
+    repo = gpu_onnxruntime_repo
+    encoder = read_config(repo / "user_encoder")
+    assert encoder.platform == "onnxruntime_onnx" and encoder.instance_group[0].kind == encoder.instance_group[0].KIND_GPU
+    assert (repo / "user_encoder" / "1" / "model.onnx").exists() and not (repo / "user_encoder" / "1" / "model.py").exists()
+    # The ensemble feeds it the tensor its graph declares.
+    step = read_config(repo / "recommend").ensemble_scheduling.step[1]
+    assert step.model_name == "user_encoder" and list(step.input_map) == [encoder.input[0].name]
 
 
 @pytest.mark.gpu
@@ -88,19 +105,6 @@ def test_tensorrt_engine_builds_and_passes_its_parity_gate(random_checkpoint, ti
     assert report["parity"]["trt_fp16"]["passed"]
     assert (repo / "embedder" / "1" / "model.plan").exists()
     assert (repo / "embedder" / "1" / "build_command.txt").read_text().startswith("polygraphy convert")
-
-
-def test_gpu_onnxruntime_build_serves_the_user_encoder_natively(random_checkpoint, random_rec_checkpoint, tiny_dataset, tmp_path):
-    repo = tmp_path / "repo"
-    build_repository(random_checkpoint, tiny_dataset, repo, tmp_path / "work",
-                     BuildOptions(target="gpu", gpu_backend="onnxruntime", parity_queries=50), log=lambda m: None,
-                     rec_checkpoint=random_rec_checkpoint)
-    encoder = read_config(repo / "user_encoder")
-    assert encoder.platform == "onnxruntime_onnx" and encoder.instance_group[0].kind == encoder.instance_group[0].KIND_GPU
-    assert (repo / "user_encoder" / "1" / "model.onnx").exists() and not (repo / "user_encoder" / "1" / "model.py").exists()
-    # The ensemble feeds it the tensor its graph declares.
-    step = read_config(repo / "recommend").ensemble_scheduling.step[1]
-    assert step.model_name == "user_encoder" and list(step.input_map) == [encoder.input[0].name]
 
 
 @pytest.mark.gpu

@@ -8,11 +8,6 @@ from shopsearch.data.synthetic import GAIN_NAMES, SyntheticShopConfig, _matches,
 from shopsearch.data.synthetic_catalog import CATEGORIES
 
 
-@pytest.fixture(scope="module")
-def default_shop():
-    return generate_shop()
-
-
 def test_generate_shop_is_identical_when_seed_is_the_same():
     a = generate_shop(SyntheticShopConfig(n_products=1500, n_queries=600, seed=5))
     b = generate_shop(SyntheticShopConfig(n_products=1500, n_queries=600, seed=5))

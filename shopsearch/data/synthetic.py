@@ -20,6 +20,8 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+
 from shopsearch.data.schema import Dataset, Product
 from shopsearch.data.synthetic_catalog import (
     APPAREL_SIZES,
@@ -207,6 +209,7 @@ def generate_shop(cfg: SyntheticShopConfig | None = None) -> Dataset:
         complements[a].append(b)
         complements[b].append(a)
 
+    facets = _Facets(by_type)
     templates, weights = zip(*QUERY_TEMPLATES)
     cum_popularity = list(itertools.accumulate(p.popularity for p in products))
     queries = {"train": {}, "dev": {}, "test": {}}
@@ -236,7 +239,7 @@ def generate_shop(cfg: SyntheticShopConfig | None = None) -> Dataset:
         split = _split_of(text, cfg)
         qid = f"q{len(seen):06d}"
         queries[split][qid] = text
-        qrels[split][qid] = _judge(constraints, by_type, complements, products, rng)
+        qrels[split][qid] = _judge(constraints, by_type, complements, products, rng, facets)
     return Dataset(
         name="synthetic",
         products=products,
@@ -248,15 +251,50 @@ def generate_shop(cfg: SyntheticShopConfig | None = None) -> Dataset:
     )
 
 
-def _judge(constraints, by_type, complements, products, rng) -> dict[str, int]:
+class _Facets:
+    """Per product type, arrays of its products' values: one per constraint kind (brand, colour,
+    size, ...), their popularity and their product-id order. A query's constraints are then counted,
+    and its judged products ordered, over all products of its type at once: `_matches` and a sort
+    one product at a time were the generator's hot loop."""
+
+    def __init__(self, by_type: dict[str, list[Product]]):
+        self.by_type = by_type
+        self._columns: dict[tuple[str, str], np.ndarray] = {}
+        id_order = {pid: i for i, pid in enumerate(sorted(p.product_id for ps in by_type.values() for p in ps))}
+        self.popularity = {t: np.array([p.popularity for p in ps], dtype=np.float64) for t, ps in by_type.items()}
+        self.id_order = {t: np.array([id_order[p.product_id] for p in ps], dtype=np.int64) for t, ps in by_type.items()}
+
+    def column(self, product_type: str, kind: str) -> np.ndarray:
+        key = (product_type, kind)
+        if key not in self._columns:
+            values = [p.brand if kind == "brand" else p.attributes.get(kind) for p in self.by_type[product_type]]
+            self._columns[key] = np.array(values, dtype=object)
+        return self._columns[key]
+
+    def matches(self, constraints: dict[str, str]) -> np.ndarray:
+        """`_matches(p, constraints)` for every product p of the constraints' type, in order."""
+        product_type = constraints["type"]
+        met = np.zeros(len(self.by_type[product_type]), dtype=np.int64)
+        for kind, value in constraints.items():
+            if kind != "type":
+                met += self.column(product_type, kind) == value
+        return met
+
+    def best(self, product_type: str, rows: np.ndarray, n: int, met: np.ndarray | None = None) -> list[Product]:
+        """The first `n` of `rows` by (most constraints met,) most popular, then product id."""
+        keys = [self.id_order[product_type][rows], -self.popularity[product_type][rows]]
+        if met is not None:
+            keys.append(-met[rows])
+        return [self.by_type[product_type][i] for i in rows[np.lexsort(keys)][:n]]
+
+
+def _judge(constraints, by_type, complements, products, rng, facets: _Facets) -> dict[str, int]:
     wanted = len(constraints) - 1
-    same_type = by_type[constraints["type"]]
-    met = [(p, _matches(p, constraints)) for p in same_type]  # once per product: the generator's hot loop
-    exact = [p for p, m in met if m == wanted]
-    # Best substitutes first: they miss the fewest constraints; then the popular ones.
-    exact.sort(key=lambda p: (-p.popularity, p.product_id))
-    substitutes = [p for p, _ in sorted(((p, m) for p, m in met if m < wanted),
-                                        key=lambda pm: (-pm[1], -pm[0].popularity, pm[0].product_id))]
+    met = facets.matches(constraints)
+    # The most popular exact matches; then the best substitutes: they miss the fewest constraints,
+    # then the popular ones.
+    exact = facets.best(constraints["type"], np.flatnonzero(met == wanted), MAX_JUDGED[3])
+    substitutes = facets.best(constraints["type"], np.flatnonzero(met < wanted), MAX_JUDGED[2], met)
     complement_pool = [p for t in complements.get(constraints["type"], ()) for p in by_type[t]]
     judged: dict[str, int] = {}
     for p in exact[: MAX_JUDGED[3]]:
