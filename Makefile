@@ -149,7 +149,7 @@ loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (HTTP + gRPC users) ag
 data: venv ## write the dataset in the project's jsonl format to artifacts/data/$(DATA)
 	$(BIN)/shopsearch write-data $(DATA_ARGS) --out artifacts/data/$(DATA)
 
-test: venv $(LOAD_VENV)/.installed ## run the whole test suite (unit + integration against a real tritonserver)
+test: venv $(LOAD_VENV)/.installed ## every test tier: unit, training, multiprocess, integration (real tritonserver); gpu + tensorrt skip with the reason
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: venv ## the unit tier: trains nothing, starts no server (under 30 s on 2 cores; prints its time)

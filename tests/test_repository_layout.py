@@ -28,12 +28,18 @@ def test_a_search_only_build_over_a_full_one_removes_the_models_it_did_not_build
     repo = tmp_path / "model_repository"
     shutil.copytree(unit_repo, repo)
     (repo / "README.md").write_text("kept: not a model")
-    (repo / "notes").mkdir()  # not a model either: no config, never listed by a build
+    (repo / "notes").mkdir()  # not a model: never listed by a build
+    (repo / "theirs" / "1").mkdir(parents=True)  # someone's own model: not laid out by a build
+    (repo / "theirs" / "config.pbtxt").write_text('name: "theirs"')
+    # A build from before the manifest listed its models: its own version manifests mark them.
+    manifest = json.loads((repo / BUILD_MANIFEST).read_text())
+    del manifest["models"]
+    (repo / BUILD_MANIFEST).write_text(json.dumps(manifest))
     report = build_repository(random_checkpoint, tiny_dataset, repo, tmp_path / "work",
                               BuildOptions(precision="fp32", intra_op_threads=1), log=lambda m: None)
     assert report["models"] == SEARCH and built_models(repo) == SEARCH
-    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(SEARCH + ["notes"])
-    assert (repo / "README.md").exists()
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == sorted(SEARCH + ["notes", "theirs"])
+    assert (repo / "README.md").exists() and (repo / "theirs" / "config.pbtxt").exists()
 
 
 def test_the_server_loads_exactly_the_models_the_build_lists(unit_repo):

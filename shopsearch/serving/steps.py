@@ -5,7 +5,7 @@ grouped together) and returns, per request, either a dict of output arrays or th
 ShopSearchError that request earned. The ranker joins the requests into one batch, and so does
 the embedder unless its artifact must run row by row (INT8); a bad request never fails its neighbours.
 
-Each step declares the parameters it is built with as a frozen dataclass (`params`); the config
+Each step declares the parameters it is built with as a frozen dataclass (`params_type`); the config
 builders write exactly that (shopsearch.build.search_configs) and `from_artifacts` reads it back.
 """
 

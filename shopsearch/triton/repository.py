@@ -122,8 +122,8 @@ def built_models(repo: Path) -> list[str]:
 
 
 def layout_repository(out: Path, models: list[ModelVersion], manifest: dict) -> Path:
-    """Lay out `models` in `out`, which afterwards holds exactly these models: a model directory the
-    previous build there laid out and this one does not is removed."""
+    """Lay out `models` in `out`, which afterwards holds exactly these models of ours: a model an
+    earlier build laid out there and this one does not is removed (see _remove_models_not_built)."""
     out.mkdir(parents=True, exist_ok=True)
     names = [entry.config.name for entry in models]
     if len(set(names)) != len(names):
@@ -137,11 +137,12 @@ def layout_repository(out: Path, models: list[ModelVersion], manifest: dict) -> 
 
 
 def _remove_models_not_built(out: Path, names: set[str]) -> None:
-    """Model directories of an earlier build (listed in its manifest, or holding a config.pbtxt)
-    that this build does not lay out: left in place, a server would load stale models beside it."""
+    """Models an earlier build laid out in `out` (listed in its manifest, or carrying the version
+    manifest only this writer writes) that this build does not: left in place, a server started on
+    the directory would load stale models beside it. Anything else in `out` is not ours and stays."""
     previous = set(read_build_manifest(out).get("models", []))
-    for model_dir in sorted(p for p in out.iterdir() if p.is_dir()):
-        if model_dir.name not in names and (model_dir.name in previous or (model_dir / CONFIG_FILE).exists()):
+    for model_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in names):
+        if model_dir.name in previous or any((model_dir / str(v) / MODEL_MANIFEST).exists() for v in version_numbers(model_dir)):
             shutil.rmtree(model_dir)
 
 
