@@ -73,13 +73,13 @@ def random_rec_checkpoint(tiny_interactions, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def unit_repo(random_checkpoint, random_rec_checkpoint, tiny_dataset, tmp_path_factory) -> Path:
     """Search (hybrid ranker) + recommendations laid out by the real build from the random
-    checkpoints, INT8 embedder as `make build-repo` lays it out."""
+    checkpoints (FP32 embedder: the INT8 chain has its own parity tests, and the integration tier serves it)."""
     from shopsearch.build.options import BuildOptions
     from shopsearch.build.search import build_repository
 
     root = tmp_path_factory.mktemp("unit_build")
     repo = root / "model_repository"
-    build_repository(random_checkpoint, tiny_dataset, repo, root / "work", BuildOptions(intra_op_threads=1),
+    build_repository(random_checkpoint, tiny_dataset, repo, root / "work", BuildOptions(precision="fp32", intra_op_threads=1),
                      log=QUIET, rec_checkpoint=random_rec_checkpoint)
     return repo
 

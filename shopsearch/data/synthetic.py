@@ -304,8 +304,10 @@ def _judge(constraints, by_type, complements, products, rng, facets: _Facets) ->
     for p in rng.sample(complement_pool, min(MAX_JUDGED[1], len(complement_pool))):
         judged[p.product_id] = 1
     related = {constraints["type"], *complements.get(constraints["type"], ())}
-    while sum(1 for g in judged.values() if g == 0) < MAX_JUDGED[0]:
+    irrelevant = 0  # every product of an unrelated type in `judged` was put there by this loop
+    while irrelevant < MAX_JUDGED[0]:
         p = rng.choice(products)
-        if p.product_type not in related:
-            judged.setdefault(p.product_id, 0)
+        if p.product_type not in related and p.product_id not in judged:
+            judged[p.product_id] = 0
+            irrelevant += 1
     return judged
