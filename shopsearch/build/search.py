@@ -34,8 +34,9 @@ from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_CARD, RERANKER_DIR
 from shopsearch.core.results import CATALOG_FILE, CatalogLookup
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 from shopsearch.data.schema import Dataset
+from shopsearch.errors import ConfigError
 from shopsearch.export.onnx import export_onnx, read_signature
-from shopsearch.export.optimize import PARITY, ROW_BY_ROW, fuse_transformer, quantize_int8
+from shopsearch.export.optimize import PARITY, ROW_BY_ROW, attention_shape, fuse_transformer, quantize_int8
 from shopsearch.export.parity import (
     RetrievalSet, SideOutputs, compare, gate, onnxrt_runner, polygraphy_compare, reference_outputs, run_side,
 )
@@ -73,9 +74,11 @@ class SearchCheckpoint:
 
 def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
                      options: BuildOptions = BuildOptions(), log=print, tuning: Tuning | None = None,
-                     rec_checkpoint: Path | None = None) -> dict:
+                     rec_checkpoint: Path | None = None, reference: SideOutputs | None = None) -> dict:
     """`tuning` (from `make tune`) sets each model's instances and dynamic batching; None keeps the defaults.
-    `rec_checkpoint`: also lay out the recommendation models and the recommend / similar_items ensembles."""
+    `rec_checkpoint`: also lay out the recommendation models and the recommend / similar_items ensembles.
+    `reference`: the PyTorch model's parity outputs (`reference_outputs` on the same checkpoint,
+    dataset and parity_queries), when the caller builds one checkpoint more than once."""
     if options.target == "gpu" and options.gpu_backend == "tensorrt":
         require_tensorrt()  # stop before any work when the engine cannot be built here
     timings: dict[str, float] = {}
@@ -86,7 +89,8 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
     t = time.time()
     fp32 = export_onnx(source.model, work / "model.fp32.onnx")
     data = RetrievalSet.from_dataset(dataset, options.parity_queries)
-    reference = reference_outputs(source.model, source.query_encoder, source.product_encoder, data)
+    if reference is None:
+        reference = reference_outputs(source.model, source.query_encoder, source.product_encoder, data)
     timings["export_and_reference_s"] = round(time.time() - t, 2)
 
     chain, details = artifact_chain(fp32, source, data, options, work)
@@ -149,11 +153,16 @@ def artifact_chain(fp32: Path, source: SearchCheckpoint, data: RetrievalSet, opt
     if options.target == "cpu":
         chain: Chain = [("onnx_fp32", fp32)]
         details: dict = {}
-        if options.precision in ("fused", "int8"):
-            cfg = source.model.config
-            fused, fused_ops = fuse_transformer(fp32, work / "model.fused.onnx", cfg.num_heads, cfg.hidden_size)
+        shape = attention_shape(source.model.config)
+        if options.precision == "fused" and shape is None:
+            raise ConfigError("build", "PRECISION", "fused: this encoder's layers have different head counts, which "
+                              "ONNX Runtime's attention fusion cannot take; build fp32 or int8")
+        if options.precision in ("fused", "int8") and shape is not None:
+            fused, fused_ops = fuse_transformer(fp32, work / "model.fused.onnx", *shape)
             details["fused_operators"] = fused_ops
             chain.append(("onnx_fused", fused))
+        elif options.precision == "int8":
+            details["fused_operators"] = "none: head counts differ per layer"
         if options.precision == "int8":
             chain.append(("onnx_int8", quantize_int8(chain[-1][1], work / "model.int8.onnx")))
         return chain, details
@@ -189,7 +198,11 @@ def gate_chain(chain: Chain, reference: SideOutputs, source: SearchCheckpoint, d
             parity[name]["polygraphy_vs_onnx_fp32"] = polygraphy_compare(
                 onnxrt_runner(fp32, "onnx_fp32"), candidate, feeds, atol=PARITY[name].max_abs_diff)
         parity[name]["seconds"] = round(time.time() - t, 2)
+        parity[name]["dense_metrics"] = {k: round(v, 4) for k, v in side.metrics.items()}
+        parity[name]["catalog_seconds"] = side.catalog_seconds
         log(f"parity {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in report.numbers.items()))
+    parity["pytorch_fp32"] = {"dense_metrics": {k: round(v, 4) for k, v in reference.metrics.items()},
+                              "catalog_seconds": reference.catalog_seconds}
     return parity, side
 
 
@@ -245,9 +258,11 @@ def hybrid_ranker_artifacts(reranker_dir: Path, dataset: Dataset, work: Path, lo
     # Popularity counted exactly as during re-ranker training (same holdout), so served features match.
     holdout = card.get("holdout", 0.0)
     counted = dataset.with_holdout(holdout) if holdout else dataset
-    LexicalScorer.build(dataset.products, catalog_popularity(counted, "train")).save(lexical_dir)
-    files = {RERANKER_ONNX: onnx_path, **{f"{LEXICAL_DIR}/{p.name}": p for p in sorted(lexical_dir.iterdir())}}
     cfg = card["config"]
+    popularity = (catalog_popularity(counted, "train") if cfg.get("use_popularity", True)
+                  else np.zeros(len(dataset.products), np.float32))
+    LexicalScorer.build(dataset.products, popularity).save(lexical_dir)
+    files = {RERANKER_ONNX: onnx_path, **{f"{LEXICAL_DIR}/{p.name}": p for p in sorted(lexical_dir.iterdir())}}
     manifest = {
         "mode": "hybrid",
         "reranker_sha256": file_sha256(onnx_path),

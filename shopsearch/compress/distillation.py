@@ -16,6 +16,7 @@ in-batch contrastive loss. The teacher never sees the re-ranker's held-out queri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -55,6 +56,10 @@ class DistillConfig:
     teacher_learning_rate: float = 1e-4
     teacher_eval_queries: int = 300  # dev queries whose BM25 top `mined_depth` the teacher re-ranks
     teacher_features: bool = True  # the teacher also reads the pair's lexical features (LEXICAL_FEATURE_NAMES)
+    # A pretrained encoder directory the cross-encoder starts from (the bi-encoder's tokenizer and
+    # architecture, e.g. the all-MiniLM-L6-v2 a MiniLM bi-encoder was fine-tuned from); "": the
+    # trained bi-encoder's own transformer.
+    teacher_init_from: str = ""
     student_steps: int = 300
     student_queries_per_step: int = 16
     student_learning_rate: float = 1e-4
@@ -348,6 +353,19 @@ def train_student(model: BiEncoder, enc_q: TextEncoder, enc_p: TextEncoder, grou
     return losses
 
 
+def _teacher_start(model: BiEncoder, tokenizer_json: str, cfg: DistillConfig) -> dict:
+    """The transformer weights the cross-encoder teacher is fine-tuned from."""
+    if not cfg.teacher_init_from:
+        return model.bert.state_dict()
+    from shopsearch.core.pretrained import read_pretrained
+
+    init = read_pretrained(Path(cfg.teacher_init_from), model.config.max_query_length, model.config.max_product_length)
+    if init.tokenizer_json != tokenizer_json or dataclasses.replace(init.config, dropout=model.config.dropout) != model.config:
+        raise ConfigError("distill", "teacher_init_from", f"{init.path} does not share the bi-encoder's tokenizer and "
+                          "architecture (the teacher reads the bi-encoder's pairs)")
+    return init.load_into(BiEncoder(model.config)).bert.state_dict()
+
+
 def distill_stage(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, log=print) -> dict:
     """Stage 1b on a trained bi-encoder checkpoint, in place: train the teacher (saved under
     `teacher/`), distill into the bi-encoder, re-evaluate it on dev. The re-ranker trained on the
@@ -378,7 +396,8 @@ def distill_stage(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, log=pr
             lexical = LexicalScorer.build(data.products)  # no popularity: the teacher does not read it
             add_lexical_features(groups, lexical, {p.product_id: i for i, p in enumerate(data.products)})
             log(f"distillation: lexical features of every pair ({time.time() - t:.1f}s)")
-        teacher, teacher_losses = train_teacher(model.bert.state_dict(), model_cfg, pairs, groups, product_text, cfg, log)
+        teacher, teacher_losses = train_teacher(_teacher_start(model, tokenizer_json, cfg), model_cfg, pairs, groups,
+                                                product_text, cfg, log)
         report["teacher_seconds"] = round(time.time() - t, 1)
         if "dev" in data.queries:
             report["teacher_dev"] = evaluate_teacher(teacher, pairs, data, "dev", cfg, lexical)

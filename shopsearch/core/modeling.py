@@ -1,4 +1,5 @@
-"""The bi-encoder: a small BERT from a config (random init, no hub), mean pooling, L2 norm."""
+"""The bi-encoder: a BERT from a config (random init, or a local pretrained checkpoint: no hub),
+mean pooling, L2 norm."""
 
 from __future__ import annotations
 
@@ -28,10 +29,32 @@ class EncoderConfig:
     max_product_length: int = 48
     max_positions: int = 64  # position embeddings; the longest sequence the exported graph accepts
     dropout: float = 0.1  # hidden and attention dropout while training
+    # BERT's own defaults; a pretrained checkpoint (shopsearch.core.pretrained) brings its values.
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    # A structurally pruned encoder (shopsearch.compress.pruning): attention heads and feed-forward
+    # width kept in each layer. Empty: num_heads and intermediate_size in every layer.
+    layer_heads: tuple[int, ...] = ()
+    layer_ffn: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_positions < max(self.max_query_length, self.max_product_length):
             raise ConfigError("encoder", "max_positions", "must cover max_query_length and max_product_length")
+        # Read back from JSON as lists; a frozen config holds tuples.
+        object.__setattr__(self, "layer_heads", tuple(self.layer_heads))
+        object.__setattr__(self, "layer_ffn", tuple(self.layer_ffn))
+        for name, values, most in (("layer_heads", self.layer_heads, self.num_heads), ("layer_ffn", self.layer_ffn, self.intermediate_size)):
+            if values and (len(values) != self.num_layers or not all(1 <= v <= most for v in values)):
+                raise ConfigError("encoder", name, f"needs one value in 1..{most} per layer ({self.num_layers}), got {list(values)}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def pruned(self) -> bool:
+        return bool(self.layer_heads or self.layer_ffn)
 
     def bert_config(self) -> BertConfig:
         return BertConfig(
@@ -43,6 +66,9 @@ class EncoderConfig:
             max_position_embeddings=self.max_positions,
             hidden_dropout_prob=self.dropout,
             attention_probs_dropout_prob=self.dropout,
+            layer_norm_eps=self.layer_norm_eps,
+            type_vocab_size=self.type_vocab_size,
+            hidden_act=self.hidden_act,
             pad_token_id=0,
             # Eager attention exports to the op pattern ONNX Runtime's transformer optimizer fuses
             # into one Attention node; SDPA's export is left unfused (1.6x slower after INT8).
@@ -57,12 +83,41 @@ class BiEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.bert = BertModel(config.bert_config(), add_pooling_layer=False)
+        for index, layer in enumerate(self.bert.encoder.layer):
+            if config.layer_heads:
+                resize_attention(layer, config.layer_heads[index], config.head_size)
+            if config.layer_ffn:
+                resize_feed_forward(layer, config.layer_ffn[index])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return nn.functional.normalize(pooled.float(), dim=-1)
+
+
+def resize_attention(layer: nn.Module, heads: int, head_size: int) -> None:
+    """Give a BERT layer's self-attention `heads` heads of `head_size` (new, untrained projections of
+    the right shapes: a pruned checkpoint's weights are loaded into them). The attention reshapes to
+    (-1, head_size), so the head count follows from the projection width."""
+    attention = layer.attention
+    hidden = attention.self.query.in_features
+    for name in ("query", "key", "value"):
+        setattr(attention.self, name, nn.Linear(hidden, heads * head_size))
+    attention.self.num_attention_heads = heads
+    attention.self.all_head_size = heads * head_size
+    attention.output.dense = nn.Linear(heads * head_size, hidden)
+
+
+def resize_feed_forward(layer: nn.Module, width: int) -> None:
+    """Give a BERT layer's feed-forward block `width` intermediate units (new projections, as above)."""
+    hidden = layer.intermediate.dense.in_features
+    layer.intermediate.dense = nn.Linear(hidden, width)
+    layer.output.dense = nn.Linear(width, hidden)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def save_checkpoint(model: BiEncoder, tokenizer_json: str, directory: Path, meta: dict) -> Path:

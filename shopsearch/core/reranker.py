@@ -31,6 +31,9 @@ class RerankerConfig:
     seed: int = 0
     n_dense: int = 100
     n_lexical: int = 100
+    # False: the popularity feature is 0 for every product, in training and served (an ablation of
+    # how much of the ranking the catalog's popularity prior carries).
+    use_popularity: bool = True
 
 
 class RerankerMLP(torch.nn.Module):

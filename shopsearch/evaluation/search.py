@@ -92,7 +92,7 @@ def evaluate_ablation(dataset: Dataset, checkpoints: dict[str, Path], split: str
         path, card = Path(path), cards[label]
         reranker, rerank_card = (load_reranker(path / RERANKER_DIR) if (path / RERANKER_DIR).exists() else (None, None))
         rcfg = rerank_card["config"] if rerank_card else {"n_dense": RerankerConfig.n_dense, "n_lexical": RerankerConfig.n_lexical}
-        ranker = CheckpointRanker.load(path, dataset, rcfg["n_dense"], rcfg["n_lexical"])
+        ranker = CheckpointRanker.load(path, dataset, rcfg["n_dense"], rcfg["n_lexical"], rcfg.get("use_popularity", True))
         if reranker is not None:
             ranker.hybrid.reranker = torch_scorer(reranker)
         out[label] = {"checkpoint": str(path), "training": training_summary(card, (path / TOKENIZER_FILE).read_text()),

@@ -39,8 +39,20 @@ PRECISIONS = ("fp32", "fused", "int8")
 ROW_BY_ROW = {"onnx_int8"}
 
 
+def attention_shape(config) -> tuple[int, int] | None:
+    """(heads, attention width) the fusion of an encoder's attention needs: the same in every layer.
+    ONNX Runtime's optimizer takes one pair for the whole graph and cannot detect it per node, so an
+    encoder pruned to different head counts per layer has none (it is quantized unfused)."""
+    heads = set(config.layer_heads) if config.layer_heads else {config.num_heads}
+    if len(heads) != 1:
+        return None
+    (n,) = heads
+    return n, n * config.head_size
+
+
 def fuse_transformer(fp32_path: Path, out_path: Path, num_heads: int, hidden_size: int) -> tuple[Path, dict[str, int]]:
-    """ONNX Runtime's BERT optimizer: Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNorm."""
+    """ONNX Runtime's BERT optimizer: Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNorm.
+    `num_heads` / `hidden_size`: of the attention (`attention_shape`), not of the model's width."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     with warnings.catch_warnings():

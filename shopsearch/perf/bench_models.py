@@ -12,7 +12,7 @@ import torch
 from shopsearch.core.embedding import OnnxEmbedder
 from shopsearch.export.onnx import export_onnx
 from shopsearch.core.modeling import load_checkpoint
-from shopsearch.export.optimize import fuse_transformer, quantize_int8
+from shopsearch.export.optimize import attention_shape, fuse_transformer, quantize_int8
 from shopsearch.triton.repository import repository_size_bytes
 from shopsearch.core.tokenization import EncodedBatch
 
@@ -47,7 +47,8 @@ def bench_models(checkpoint: Path, work: Path, batches=(1, 32), sequences=(16, 3
     cfg = model.config
     work.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(model, work / "model.fp32.onnx")
-    fused, _ = fuse_transformer(fp32, work / "model.fused.onnx", cfg.num_heads, cfg.hidden_size)
+    shape = attention_shape(cfg) or (cfg.num_heads, cfg.hidden_size)
+    fused, _ = fuse_transformer(fp32, work / "model.fused.onnx", *shape)
     int8 = quantize_int8(fused, work / "model.int8.onnx")
     files = {"onnxruntime_fp32": fp32, "onnxruntime_fused": fused, "onnxruntime_fused_int8": int8}
     sessions = {name: OnnxEmbedder(path, intra_op_threads=threads) for name, path in files.items()}

@@ -17,6 +17,7 @@ from shopsearch.core.embedding import TorchEmbedder, embed_texts
 from shopsearch.core.index import CatalogIndex
 from shopsearch.core.metrics import evaluate_run
 from shopsearch.core.modeling import BiEncoder, EncoderConfig, save_checkpoint
+from shopsearch.core.pretrained import PretrainedEncoder, read_pretrained
 from shopsearch.core.provenance import git_revision
 from shopsearch.core.tokenization import TextEncoder, pad_batches, train_wordpiece
 from shopsearch.data.schema import Dataset
@@ -65,6 +66,10 @@ class TrainConfig:
     eval_queries: int = 0  # 0: the whole dev split
     # Fraction of train queries kept away from the bi-encoder for the re-ranker (split "rerank").
     rerank_holdout: float = 0.0
+    # A pretrained encoder directory (Hugging Face layout, e.g. `make pretrained`'s): training starts
+    # from its weights with its own tokenizer, and its config sets the architecture (the vocab_size,
+    # hidden_size, num_layers, num_heads, intermediate_size and max_positions above are not used).
+    init_from: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -180,12 +185,16 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
     if resume and saved is None:
         log(f"no training state in {out_dir / RESUME_DIR}: starting from step 0")
 
-    tokenizer_json = _tokenizer_json(dataset, cfg, rank, world, tokenizer_file, saved)
+    init = read_pretrained(Path(cfg.init_from), cfg.max_query_length, cfg.max_product_length, cfg.dropout) if cfg.init_from else None
+    if init is not None and tokenizer_file is not None:
+        raise ConfigError("train", "init_from", "a pretrained encoder brings its own tokenizer: give no --tokenizer")
+    tokenizer_json = _tokenizer_json(dataset, cfg, rank, world, tokenizer_file, saved, init)
     enc_q, enc_p = _encoders(tokenizer_json, cfg)
-    log(f"tokenizer: {enc_q.tokenizer.get_vocab_size()} wordpieces ({time.time() - started:.1f}s)")
-    model_cfg = _encoder_config(cfg, enc_q.tokenizer.get_vocab_size())
-    pretrained, mlm_losses = _mlm_pretraining(model_cfg, cfg, enc_p, dataset, saved, log)
-    run = ContrastiveRun.start(model_cfg, cfg, dataset, rank, world, pretrained, log)
+    log(f"tokenizer: {enc_q.tokenizer.get_vocab_size()} wordpieces ({time.time() - started:.1f}s)"
+        + (f", from {init.source['name']}" if init else ""))
+    model_cfg = init.config if init is not None else _encoder_config(cfg, enc_q.tokenizer.get_vocab_size())
+    pretrained, mlm_losses = _mlm_pretraining(model_cfg, cfg, enc_p, dataset, saved, init, log)
+    run = ContrastiveRun.start(model_cfg, cfg, dataset, rank, world, pretrained, log, init=init)
     first_step, losses = run.restore(saved) if saved is not None else (0, [])
     if saved is not None:
         log(f"resumed at step {first_step} from {out_dir / RESUME_DIR}")
@@ -201,7 +210,7 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
         "train_config": asdict(cfg),
         "dataset": {"name": dataset.name, "fingerprint": fingerprint, "stats": dataset.stats(), "source": dataset.source},
         "dev_metrics": metrics,
-        "final_loss": float(np.mean(losses[-50:])),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "loss_curve": [round(v, 6) for v in losses],
         "world_size": world,
         "code_version": git_revision(),
@@ -209,6 +218,7 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
         "resumed_from_step": first_step,
         "mlm_loss_curve": [round(v, 5) for v in mlm_losses[:: max(1, len(mlm_losses) // 100)]],
         "device": run.device.type,
+        **({"init_from": init.source} if init is not None else {}),
     }
     save_checkpoint(model, tokenizer_json, out_dir, meta)
     shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
@@ -241,11 +251,13 @@ def _encoder_config(cfg: TrainConfig, vocab_size: int) -> EncoderConfig:
 
 
 def _tokenizer_json(dataset: Dataset, cfg: TrainConfig, rank: int, world: int, tokenizer_file: Path | None,
-                    saved: tuple[dict, dict] | None) -> str:
-    """The run's own tokenizer when resuming, the given one, or one trained on the catalog and the
-    train queries by rank 0 and sent to every other rank."""
+                    saved: tuple[dict, dict] | None, init: PretrainedEncoder | None = None) -> str:
+    """The run's own tokenizer when resuming, the pretrained encoder's, the given one, or one trained
+    on the catalog and the train queries by rank 0 and sent to every other rank."""
     if saved is not None:
         return saved[0]["tokenizer_json"]
+    if init is not None:
+        return init.tokenizer_json
     if tokenizer_file is not None:
         return Path(tokenizer_file).read_text()
     trained = None
@@ -263,14 +275,17 @@ def _encoders(tokenizer_json: str, cfg: TrainConfig) -> tuple[TextEncoder, TextE
 
 
 def _mlm_pretraining(model_cfg: EncoderConfig, cfg: TrainConfig, enc_p: TextEncoder, dataset: Dataset,
-                     saved: tuple[dict, dict] | None, log) -> tuple[BiEncoder | None, list[float]]:
-    """The BERT pre-trained with masked LM on every product's text (`mlm_steps` > 0), or None.
-    Every rank pre-trains the same way (same seed, same texts), so all start fine-tuning equal."""
+                     saved: tuple[dict, dict] | None, init: PretrainedEncoder | None, log) -> tuple[BiEncoder | None, list[float]]:
+    """The BERT pre-trained with masked LM on every product's text (`mlm_steps` > 0; from the
+    pretrained weights when there are some), or None. Every rank pre-trains the same way (same seed,
+    same texts), so all start fine-tuning equal."""
     if not cfg.mlm_steps or saved is not None:
         return None, []
     from shopsearch.train.mlm import pretrain_mlm
 
     pre = BiEncoder(model_cfg)
+    if init is not None:
+        init.load_into(pre)
     losses = pretrain_mlm(pre, enc_p, [p.search_text() for p in dataset.products], cfg.mlm_steps,
                           cfg.mlm_batch_size, cfg.mlm_learning_rate, cfg.seed, log)
     torch.manual_seed(cfg.seed)  # fine-tuning draws the same dropout masks as without pre-training
@@ -295,11 +310,14 @@ class ContrastiveRun:
 
     @classmethod
     def start(cls, model_cfg: EncoderConfig, cfg: TrainConfig, dataset: Dataset, rank: int, world: int,
-              pretrained: BiEncoder | None, log) -> "ContrastiveRun":
+              pretrained: BiEncoder | None, log, init: PretrainedEncoder | None = None) -> "ContrastiveRun":
+        """`pretrained`: an MLM-pre-trained BERT to start from; `init`: a pretrained checkpoint's weights."""
         device = training_device(rank)
         if cfg.amp_fp16 and device.type != "cuda":
             raise ConfigError("train", "amp_fp16", "fp16 autocast needs CUDA; use amp_bf16 on CPU")
         model = BiEncoder(model_cfg)  # the same seed on every rank: the same initial weights
+        if init is not None and pretrained is None:
+            init.load_into(model)
         if pretrained is not None:
             model.bert.load_state_dict(pretrained.bert.state_dict())
         model = model.to(device)

@@ -27,6 +27,7 @@ class Recipe:
     train: dict = field(default_factory=dict)
     rerank: dict = field(default_factory=dict)
     distill: dict | None = None  # [distill]: stage 1b (read by shopsearch.compress.distillation.distill_config)
+    student: dict | None = None  # [student]: a pruned, distilled student (shopsearch.compress.student.student_config)
 
     def train_config(self, **overrides) -> TrainConfig:
         try:
@@ -57,7 +58,8 @@ def load_recipe(path: Path) -> Recipe:
         raise ConfigError(str(path), "[data].name", "is required")
     name = data.pop("name")
     return Recipe(path=path, data_name=name, data_options=data, train=dict(raw.get("train", {})),
-                  rerank=dict(raw.get("rerank", {})), distill=dict(raw["distill"]) if "distill" in raw else None)
+                  rerank=dict(raw.get("rerank", {})), distill=dict(raw["distill"]) if "distill" in raw else None,
+                  student=dict(raw["student"]) if "student" in raw else None)
 
 
 def load_rec_data_options(path: Path) -> dict:

@@ -121,7 +121,8 @@ class CheckpointRanker:
     product_ids: list[str]
 
     @classmethod
-    def load(cls, checkpoint: Path, dataset: Dataset, n_dense: int, n_lexical: int) -> "CheckpointRanker":
+    def load(cls, checkpoint: Path, dataset: Dataset, n_dense: int, n_lexical: int,
+             use_popularity: bool = True) -> "CheckpointRanker":
         model, card = load_checkpoint(checkpoint)
         holdout = card.get("train_config", {}).get("rerank_holdout", 0.0)
         data = dataset.with_holdout(holdout) if holdout else dataset
@@ -131,7 +132,8 @@ class CheckpointRanker:
         dense = CatalogIndex(embed_texts(embedder, enc_p, [p.search_text() for p in data.products]), "pytorch")
         # Popularity from the judgments of the bi-encoder's train queries only: the re-ranker's own
         # queries must not leak their labels into a feature.
-        lexical = LexicalScorer.build(data.products, catalog_popularity(data, "train"))
+        popularity = catalog_popularity(data, "train") if use_popularity else np.zeros(len(data.products), np.float32)
+        lexical = LexicalScorer.build(data.products, popularity)
         return cls(data, HybridRanker(dense, lexical, None, n_dense, n_lexical), embedder, enc_q,
                    [p.product_id for p in data.products])
 
@@ -157,7 +159,7 @@ def train_reranker_stage(checkpoint: Path, dataset: Dataset, cfg: RerankerConfig
     if not holdout:
         raise ConfigError(str(checkpoint), "train_config.rerank_holdout",
                           "the bi-encoder trained on every train query; set rerank_holdout in the recipe and retrain")
-    ranker = CheckpointRanker.load(checkpoint, dataset, cfg.n_dense, cfg.n_lexical)
+    ranker = CheckpointRanker.load(checkpoint, dataset, cfg.n_dense, cfg.n_lexical, cfg.use_popularity)
     log(f"re-ranker: catalog embedded and BM25-indexed ({time.time() - started:.1f}s)")
     _, texts, vectors, judged = ranker.split_inputs("rerank")
     lists = candidate_lists(ranker.hybrid, texts, vectors, judged, ranker.product_ids)

@@ -1,0 +1,173 @@
+"""`make ladder`: from a large model to a fast one, every rung measured in one run.
+
+A rung is a search checkpoint (the scratch encoder, MiniLM as-is, MiniLM fine-tuned, a pruned and
+distilled student, ...). Each is built by the real build at each precision (FP32, INT8: the parity
+gate passes or the build fails) and measured on the dev split:
+- dense only: the served artifact's embeddings of the whole catalog, exact search (from the build's
+  own parity run, so no extra embedding), nDCG@10 / Recall@100 / MRR@10;
+- hybrid: the built `search` ensemble in this process (served == in-process is what the integration
+  tests and `make eval` hold the server to): BM25 + dense candidates re-ranked by the rung's own
+  re-ranker;
+- size: parameters, the embedder artifact's MB, seconds to embed the catalog;
+- speed: the `search` ensemble served on a fresh tritonserver, q/s and p99 at concurrency 16
+  (perf_analyzer over gRPC, the dataset's perf queries).
+BM25 is measured beside them on the same queries. Report: JSON, Markdown and a Pareto plot (hybrid
+nDCG@10 against served q/s).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shopsearch.build.options import BuildOptions
+from shopsearch.build.search import SearchCheckpoint, build_repository
+from shopsearch.core.lexical import Bm25Index
+from shopsearch.core.metrics import evaluate_run
+from shopsearch.core.modeling import load_checkpoint, parameter_count
+from shopsearch.data.schema import Dataset
+from shopsearch.errors import ConfigError
+from shopsearch.evaluation.search import DEPTH, METRICS, _run
+from shopsearch.export.parity import RetrievalSet, SideOutputs, reference_outputs
+from shopsearch.perf.perf_analyzer import measure_repository
+from shopsearch.serving.pipeline import InProcessEnsemble
+from shopsearch.serving.steps import EMBEDDER_FILE
+from shopsearch.triton.tuning import Tuning
+
+PRECISIONS = ("fp32", "int8")
+ARTIFACT = {"fp32": "onnx_fp32", "int8": "onnx_int8"}
+
+
+@dataclass(frozen=True)
+class Rung:
+    label: str
+    checkpoint: Path
+    precisions: tuple[str, ...] = ()  # () = the ladder's
+
+    @classmethod
+    def parse(cls, text: str) -> "Rung":
+        """LABEL=CHECKPOINT_DIR, or LABEL=CHECKPOINT_DIR:int8 (or :fp32,int8) for this rung's precisions."""
+        label, sep, rest = text.partition("=")
+        path, _, precisions = rest.partition(":")
+        if not sep or not label or not path:
+            raise ConfigError("ladder", "rung", f"takes LABEL=CHECKPOINT_DIR[:PRECISIONS], got '{text}'")
+        chosen = tuple(p for p in precisions.split(",") if p)
+        unknown = [p for p in chosen if p not in PRECISIONS]
+        if unknown:
+            raise ConfigError("ladder", label, f"precisions {unknown} are not among {PRECISIONS}")
+        return cls(label, Path(path), chosen)
+
+
+def measure_rung(rung: Rung, precision: str, dataset: Dataset, queries: dict[str, str], judged: dict[str, dict[str, int]],
+                 perf_queries: Path, work: Path, concurrency: int, tuning: Tuning | None, measurement_ms: int, log,
+                 reference: SideOutputs | None = None) -> dict:
+    """One rung at one precision: built, dense and hybrid quality, size, served speed."""
+    started = time.time()
+    repo = work / f"{rung.label}_{precision}" / "model_repository"
+    model, card = load_checkpoint(rung.checkpoint)
+    report = build_repository(rung.checkpoint, dataset, repo, repo.parent / "work", BuildOptions(precision=precision),
+                              log=lambda m: None, tuning=tuning, reference=reference)
+    served = report["served_embedder"]
+    t = time.time()
+    hybrid = evaluate_run(_run(InProcessEnsemble.from_repository(repo).search, queries, list(judged)), judged,
+                          dataset.relevant_min_gain)
+    hybrid_seconds = time.time() - t
+    point = measure_repository(repo, perf_queries, concurrency, repo.parent / "perf", measurement_ms)
+    row = {
+        "label": rung.label, "precision": precision, "checkpoint": str(rung.checkpoint), "artifact": served,
+        "init_from": (card.get("init_from") or {}).get("name"), "teacher": (card.get("teacher") or {}).get("path"),
+        "layers": model.config.num_layers, "hidden": model.config.hidden_size,
+        "parameters_m": round(parameter_count(model) / 1e6, 2),
+        "artifact_mb": round((repo / "embedder" / "1" / EMBEDDER_FILE).stat().st_size / 1e6, 1),
+        "catalog_embedding_s": report["parity"][served]["catalog_seconds"],
+        "dense": {m: report["parity"][served]["dense_metrics"][m] for m in METRICS},
+        "hybrid": {m: round(hybrid[m], 4) for m in METRICS},
+        "reranker": report["ranker"].get("reranker_card", {}).get("config"),
+        "served_qps": round(point.throughput, 1), "served_p99_ms": round(point.p99_ms, 1),
+        "concurrency": concurrency, "hybrid_eval_s": round(hybrid_seconds, 1),
+        "build_s": report["timings"]["total_s"], "seconds": round(time.time() - started, 1),
+    }
+    log(f"{rung.label} {precision}: dense nDCG@10 {row['dense']['ndcg@10']:.4f}, hybrid {row['hybrid']['ndcg@10']:.4f}, "
+        f"{row['served_qps']} q/s p99 {row['served_p99_ms']} ms, {row['parameters_m']} M parameters ({row['seconds']}s)")
+    return row
+
+
+def run_ladder(rungs: list[Rung], dataset: Dataset, out: Path, perf_queries: Path, split: str = "dev",
+               precisions: tuple[str, ...] = PRECISIONS, concurrency: int = 16, tuning: Tuning | None = None,
+               measurement_ms: int = 4000, log=print) -> dict:
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ConfigError("ladder", "precision", f"'{precision}' is not one of {PRECISIONS}")
+    for rung in rungs:  # refused before an hour goes into the others
+        _, card = load_checkpoint(rung.checkpoint)
+        trained_on = card.get("dataset", {}).get("fingerprint")
+        if trained_on and trained_on != dataset.fingerprint():
+            raise ConfigError("ladder", rung.label, f"{rung.checkpoint} was trained on another catalog ({trained_on})")
+    queries, qrels = dataset.split(split)
+    qids = sorted(queries)
+    report: dict = {"dataset": dataset.name, "split": split, "queries": len(qids), "concurrency": concurrency,
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
+    judged = {q: qrels.get(q, {}) for q in qids}
+    bm25 = evaluate_run(Bm25Index(dataset.products).run(queries, qids, DEPTH), judged, dataset.relevant_min_gain)
+    report["bm25"] = {m: round(bm25[m], 4) for m in METRICS}
+    log(f"bm25: nDCG@10 {report['bm25']['ndcg@10']:.4f}")
+    for rung in rungs:
+        # The PyTorch reference the parity gate compares with, once per rung (a catalog's embedding).
+        source = SearchCheckpoint.load(rung.checkpoint)
+        reference = reference_outputs(source.model, source.query_encoder, source.product_encoder, RetrievalSet.from_dataset(dataset))
+        for precision in rung.precisions or precisions:
+            report["rows"].append(measure_rung(rung, precision, dataset, queries, judged, perf_queries, out / "work",
+                                               concurrency, tuning, measurement_ms, log, reference))
+    return report
+
+
+def ladder_markdown(report: dict) -> str:
+    bm25 = report["bm25"]["ndcg@10"]
+    lines = [f"# From a large model to a fast one: {report['dataset']} {report['split']} ({report['queries']} queries), "
+             f"served at concurrency {report['concurrency']}", "",
+             "| rung | precision | dense nDCG@10 | dense R@100 | dense MRR@10 | hybrid nDCG@10 | hybrid / BM25 | hybrid R@100 | "
+             "hybrid MRR@10 | parameters (M) | artifact MB | catalog embedding s | served q/s | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| BM25 (bm25s) | - | {bm25:.4f} | {report['bm25']['recall@100']:.4f} | {report['bm25']['mrr@10']:.4f} | - | 1.00 | - | - | - | - | - | - | - |"]
+    for r in report["rows"]:
+        d, h = r["dense"], r["hybrid"]
+        lines.append(f"| {r['label']} | {r['precision']} | {d['ndcg@10']:.4f} | {d['recall@100']:.4f} | {d['mrr@10']:.4f} | "
+                     f"{h['ndcg@10']:.4f} | {h['ndcg@10'] / bm25:.2f} | {h['recall@100']:.4f} | {h['mrr@10']:.4f} | "
+                     f"{r['parameters_m']} | {r['artifact_mb']} | {r['catalog_embedding_s']} | {r['served_qps']} | {r['served_p99_ms']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for precision, marker in (("fp32", "o"), ("int8", "s")):
+        rows = [r for r in report["rows"] if r["precision"] == precision]
+        ax.scatter([r["served_qps"] for r in rows], [r["hybrid"]["ndcg@10"] for r in rows], marker=marker, label=f"hybrid, {precision}")
+        ax.scatter([r["served_qps"] for r in rows], [r["dense"]["ndcg@10"] for r in rows], marker=marker, facecolors="none",
+                   edgecolors="gray", label=f"dense only, {precision}")
+        for r in rows:
+            ax.annotate(r["label"], (r["served_qps"], r["hybrid"]["ndcg@10"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(report["bm25"]["ndcg@10"], color="black", linestyle="--", linewidth=0.8, label="BM25")
+    ax.set_xlabel(f"served q/s at concurrency {report['concurrency']} (search ensemble, gRPC)")
+    ax.set_ylabel(f"nDCG@10 ({report['dataset']} {report['split']})")
+    ax.set_title("Quality against served throughput, per rung and precision")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_ladder(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ladder.json").write_text(json.dumps(report, indent=2))
+    (out / "ladder.md").write_text(ladder_markdown(report))
+    return [out / "ladder.json", out / "ladder.md", plot_pareto(report, out / "ladder.png")]

@@ -1,0 +1,56 @@
+"""A pruned student distilled from its teacher (training tier: it trains)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from shopsearch.compress.pruning import keep_layers
+from shopsearch.compress.student import StudentConfig, distill_student, student_loss
+from shopsearch.core.embedding import TorchEmbedder, embed_texts
+from shopsearch.core.modeling import load_checkpoint
+from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
+
+FAST = StudentConfig(layers=1, steps=40, batch_size=32, learning_rate=1e-3, selection_queries=100, selection_catalog=500,
+                     eval_queries=50)
+
+
+def test_the_three_terms_vanish_only_when_the_student_is_the_teacher():
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    same, parts = student_loss(teacher.clone(), teacher, 4, FAST)
+    assert parts["kl"] == pytest.approx(0.0, abs=1e-6) and parts["embedding"] == pytest.approx(0.0, abs=1e-9)
+    other, parts_other = student_loss(torch.nn.functional.normalize(torch.randn(8, 16), dim=1), teacher, 4, FAST)
+    assert parts_other["kl"] > 0.01 and parts_other["embedding"] > 0.5 and other > same
+
+
+@pytest.mark.training
+def test_distillation_brings_the_pruned_student_closer_to_its_teacher(tiny_checkpoint, tiny_dataset, tmp_path):
+    card = distill_student(tiny_checkpoint, tiny_dataset, FAST, tmp_path / "student", log=lambda m: None)
+    teacher, teacher_card = load_checkpoint(tiny_checkpoint)
+    student, saved = load_checkpoint(tmp_path / "student")
+    layers = card["compression"]["layers"]
+    assert student.config.num_layers == 1 and len(layers) == 1 and saved["teacher"]["path"] == str(tiny_checkpoint)
+    assert card["compression"]["parameters"] < card["compression"]["teacher_parameters"]
+    assert saved["train_config"]["rerank_holdout"] == teacher_card["train_config"]["rerank_holdout"]
+    # On queries none of them trained on: the student's vectors moved towards the teacher's.
+    texts = sorted(tiny_dataset.queries["dev"].values())[:200]
+    encoder = TextEncoder.from_file(tiny_checkpoint / TOKENIZER_FILE, teacher.config.max_query_length)
+    target = embed_texts(TorchEmbedder(teacher), encoder, texts)
+    pruned = embed_texts(TorchEmbedder(keep_layers(teacher, layers).eval()), encoder, texts)
+    distilled = embed_texts(TorchEmbedder(student), encoder, texts)
+    gap = lambda v: float(np.mean(np.sum((v - target) ** 2, axis=1)))  # noqa: E731
+    assert gap(distilled) < 0.7 * gap(pruned), (gap(pruned), gap(distilled))
+    assert set(saved["dev_metrics"]) >= {"ndcg@10", "recall@100"}
+
+
+@pytest.mark.training
+def test_a_student_with_pruned_heads_and_units_keeps_the_same_count_in_every_layer(tiny_checkpoint, tiny_dataset, tmp_path):
+    cfg = dataclasses.replace(FAST, layers=2, heads=1, ffn=32, steps=5, importance_batches=2)
+    card = distill_student(tiny_checkpoint, tiny_dataset, cfg, tmp_path / "student", log=lambda m: None)
+    student, _ = load_checkpoint(tmp_path / "student")
+    assert student.config.layer_heads == (1, 1) and student.config.layer_ffn == (32, 32)
+    assert len(card["compression"]["importance"]["heads"]) == 2
