@@ -160,3 +160,27 @@ def test_popularity_comes_from_the_catalog_or_from_train_judgment_counts():
     assert catalog_popularity(counted).tolist() == [2.0, 1.0, 0.0]  # dev judgments never count
     own = Dataset("t", [Product("a", "A", popularity=5.0), Product("b", "B", popularity=0.5)], {}, {}, relevant_min_gain=2)
     assert catalog_popularity(own).tolist() == [5.0, 0.5]
+
+
+@pytest.mark.parametrize("use_popularity", [True, False])
+def test_a_reranker_without_popularity_reads_zero_in_training_and_in_the_build(use_popularity, tiny_dataset, tmp_path):
+    """[rerank] use_popularity = false: the feature is 0 for every product on both sides, so the
+    served re-ranker sees what it was trained on; with it, both count the same train judgments."""
+    from shopsearch.build.search import hybrid_ranker_artifacts
+    from shopsearch.core.hybrid import LEXICAL_DIR, POPULARITY, catalog_popularity
+    from shopsearch.core.reranker import RERANKER_DIR, save_reranker
+    from shopsearch.train.reranker import CheckpointRanker
+    from tests.tiny_models import random_search_checkpoint
+
+    checkpoint = random_search_checkpoint(tiny_dataset, tmp_path / "ckpt")
+    config = RerankerConfig(hidden=8, use_popularity=use_popularity)
+    save_reranker(RerankerMLP(len(FEATURE_NAMES), config.hidden), config, checkpoint / RERANKER_DIR,
+                  {"holdout": 0.3, "training_queries": 0, "eval_metrics": {}})
+    _, files, _ = hybrid_ranker_artifacts(checkpoint / RERANKER_DIR, tiny_dataset, tmp_path / "work", log=lambda m: None)
+    served = np.load(files[f"{LEXICAL_DIR}/{POPULARITY}"])
+    trained = CheckpointRanker.load(checkpoint, tiny_dataset, 10, 10, use_popularity).hybrid.lexical.popularity
+    counted = catalog_popularity(tiny_dataset.with_holdout(0.3))
+    assert counted.any()  # the tiny shop's train judgments name products: "on" differs from "off"
+    expected = counted if use_popularity else np.zeros_like(counted)
+    np.testing.assert_array_equal(served, expected)
+    np.testing.assert_array_equal(trained, expected)

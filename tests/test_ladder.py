@@ -31,7 +31,32 @@ def test_the_ladder_builds_measures_and_reports_every_rung(random_checkpoint, ti
     (row,) = report["rows"]
     assert row["precision"] == "fp32" and row["artifact"] == "onnx_fp32" and row["served_qps"] > 0
     assert set(row["dense"]) == set(row["hybrid"]) == {"ndcg@10", "recall@100", "mrr@10"}
-    assert row["parameters_m"] > 0 and row["artifact_mb"] > 0 and row["catalog_embedding_s"] > 0
+    assert row["parameters_m"] > 0 and row["artifact_mb"] > 0 and row["catalog_embedding_s"] > 0 and row["mflops_per_query"] > 0
     assert "| random | fp32 |" in ladder_markdown(report) and report["bm25"]["ndcg@10"] > 0
     paths = write_ladder(report, tmp_path / "out")
     assert all(p.exists() for p in paths) and paths[-1].stat().st_size > 5000
+
+
+def test_a_rung_the_parity_gate_refuses_is_reported_and_the_rest_still_measured(random_checkpoint, tiny_dataset, tmp_path,
+                                                                                  monkeypatch):
+    import json
+
+    from shopsearch.errors import ExportParityError
+    from shopsearch.evaluation import ladder
+
+    def fake_measure(rung, precision, *args, **kwargs):
+        if precision == "int8":
+            raise ExportParityError("onnx_int8", [("min_cosine", 0.99, ">= 0.98", True), ("top10_overlap", 0.91, ">= 0.95", False)])
+        return {"label": rung.label, "precision": precision, "dense": {"ndcg@10": 0.2, "recall@100": 0.5, "mrr@10": 0.3},
+                "hybrid": {"ndcg@10": 0.25, "recall@100": 0.6, "mrr@10": 0.35}, "parameters_m": 1.0,
+                "mflops_per_query": 2.0, "artifact_mb": 1.0, "catalog_embedding_s": 0.1, "served_qps": 10.0, "served_p99_ms": 5.0}
+
+    monkeypatch.setattr(ladder, "measure_rung", fake_measure)
+    report = run_ladder([Rung("random", random_checkpoint)], tiny_dataset, tmp_path / "out", tmp_path / "unused.json",
+                        log=lambda m: None)
+    assert [r["precision"] for r in report["rows"]] == ["fp32", "int8"] and "top10_overlap" in report["rows"][1]["refused"]
+    table = ladder_markdown(report)
+    assert "| random | int8 | refused by the parity gate: onnx_int8: top10_overlap = 0.91 (bound >= 0.95) |" in table
+    assert len({line.count("|") for line in table.splitlines() if line.startswith("|")}) == 1  # one column count
+    # Written after every row: what was measured survives a crash of a later rung.
+    assert json.loads((tmp_path / "out" / "ladder.json").read_text())["rows"] == report["rows"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shopsearch.compress.pruning import choose_layers, keep_layers, most_important, prune_units, unit_importance
-from shopsearch.core.modeling import BiEncoder, EncoderConfig, load_checkpoint, parameter_count, save_checkpoint
+from shopsearch.core.modeling import BiEncoder, EncoderConfig, encoder_flops, load_checkpoint, parameter_count, save_checkpoint
 from shopsearch.errors import ConfigError
 from shopsearch.train.biencoder import contrastive_loss
 
@@ -52,6 +52,19 @@ def test_pruned_heads_and_units_equal_gating_them_off_in_the_full_model(model):
             layer.output.dense.weight[:, dropped_units] = 0
     np.testing.assert_allclose(pruned(IDS, MASK).detach(), gated(IDS, MASK).detach(), atol=1e-5)
     assert parameter_count(pruned) < parameter_count(model)
+
+
+@pytest.mark.parametrize("tokens", [1, 6, 8])
+def test_flops_per_query_follow_the_pruned_shape_as_torch_counts_them(model, tokens):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pruned = prune_units(keep_layers(model, [0, 1, 3]), {0: [1, 3], 1: [0, 1, 2], 2: [2]}, {0: list(range(0, 64, 2))}).eval()
+    for candidate in (model, pruned):
+        ids = torch.full((1, tokens), 7)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            candidate(ids, torch.ones_like(ids))
+        assert encoder_flops(candidate.config, tokens) == counter.get_total_flops()
+    assert encoder_flops(pruned.config, tokens) < encoder_flops(model.config, tokens)
 
 
 def test_a_pruned_checkpoint_round_trips_and_exports_with_the_same_numbers(model, tmp_path):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from shopsearch.compress.pruning import keep_layers
 from shopsearch.compress.student import StudentConfig, distill_student, student_loss
 from shopsearch.core.embedding import TorchEmbedder, embed_texts
 from shopsearch.core.modeling import load_checkpoint
@@ -29,21 +28,25 @@ def test_the_three_terms_vanish_only_when_the_student_is_the_teacher():
 
 @pytest.mark.training
 def test_distillation_brings_the_pruned_student_closer_to_its_teacher(tiny_checkpoint, tiny_dataset, tmp_path):
+    """Against a control trained the same steps on the same batches without the teacher's two terms:
+    on queries none of them trained on, the distilled student's vectors sit nearer the teacher's. (Not
+    against the untrained pruned model: a weak tiny teacher can lose a layer and barely move, and
+    then any training moves the student away.)"""
     card = distill_student(tiny_checkpoint, tiny_dataset, FAST, tmp_path / "student", log=lambda m: None)
+    control_cfg = dataclasses.replace(FAST, kd_weight=0.0, embedding_weight=0.0)
+    distill_student(tiny_checkpoint, tiny_dataset, control_cfg, tmp_path / "control", log=lambda m: None)
     teacher, teacher_card = load_checkpoint(tiny_checkpoint)
     student, saved = load_checkpoint(tmp_path / "student")
     layers = card["compression"]["layers"]
     assert student.config.num_layers == 1 and len(layers) == 1 and saved["teacher"]["path"] == str(tiny_checkpoint)
     assert card["compression"]["parameters"] < card["compression"]["teacher_parameters"]
     assert saved["train_config"]["rerank_holdout"] == teacher_card["train_config"]["rerank_holdout"]
-    # On queries none of them trained on: the student's vectors moved towards the teacher's.
     texts = sorted(tiny_dataset.queries["dev"].values())[:200]
     encoder = TextEncoder.from_file(tiny_checkpoint / TOKENIZER_FILE, teacher.config.max_query_length)
     target = embed_texts(TorchEmbedder(teacher), encoder, texts)
-    pruned = embed_texts(TorchEmbedder(keep_layers(teacher, layers).eval()), encoder, texts)
-    distilled = embed_texts(TorchEmbedder(student), encoder, texts)
-    gap = lambda v: float(np.mean(np.sum((v - target) ** 2, axis=1)))  # noqa: E731
-    assert gap(distilled) < 0.7 * gap(pruned), (gap(pruned), gap(distilled))
+    gap = lambda model: float(np.mean(np.sum((embed_texts(TorchEmbedder(model), encoder, texts) - target) ** 2, axis=1)))  # noqa: E731
+    distilled, control = gap(student), gap(load_checkpoint(tmp_path / "control")[0])
+    assert distilled < 0.5 * control, (distilled, control)
     assert set(saved["dev_metrics"]) >= {"ndcg@10", "recall@100"}
 
 

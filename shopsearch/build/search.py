@@ -24,7 +24,7 @@ from shopsearch.build.search_configs import (
     embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
 )
 from shopsearch.core.embedding import OnnxEmbedder
-from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, catalog_popularity
+from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, popularity_feature
 from shopsearch.build.versions import model_version
 from shopsearch.core.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
 from shopsearch.core.modeling import CHECKPOINT_WEIGHTS, BiEncoder, load_checkpoint
@@ -259,9 +259,7 @@ def hybrid_ranker_artifacts(reranker_dir: Path, dataset: Dataset, work: Path, lo
     holdout = card.get("holdout", 0.0)
     counted = dataset.with_holdout(holdout) if holdout else dataset
     cfg = card["config"]
-    popularity = (catalog_popularity(counted, "train") if cfg.get("use_popularity", True)
-                  else np.zeros(len(dataset.products), np.float32))
-    LexicalScorer.build(dataset.products, popularity).save(lexical_dir)
+    LexicalScorer.build(dataset.products, popularity_feature(counted, cfg.get("use_popularity", True))).save(lexical_dir)
     files = {RERANKER_ONNX: onnx_path, **{f"{LEXICAL_DIR}/{p.name}": p for p in sorted(lexical_dir.iterdir())}}
     manifest = {
         "mode": "hybrid",

@@ -52,6 +52,14 @@ def catalog_popularity(dataset, split: str = "train") -> np.ndarray:
     return np.array([counts.get(p.product_id, 0) for p in dataset.products], dtype=np.float32)
 
 
+def popularity_feature(dataset, use_popularity: bool = True, split: str = "train") -> np.ndarray:
+    """What the re-ranker's popularity feature reads, the same in training and in the build:
+    `catalog_popularity`, or 0 for every product when the re-ranker was configured without it."""
+    if not use_popularity:
+        return np.zeros(len(dataset.products), dtype=np.float32)
+    return catalog_popularity(dataset, split)
+
+
 def char_trigrams(text: str) -> set[str]:
     text = " ".join(text.lower().split())
     return {text[i : i + 3] for i in range(len(text) - 2)}

@@ -120,6 +120,20 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def encoder_flops(config: EncoderConfig, tokens: int) -> int:
+    """Multiply-add FLOPs (2 per MAC, as torch.utils.flop_counter counts them) of one forward pass
+    over `tokens` tokens: per layer the Q/K/V/output projections, the two feed-forward projections
+    and the attention's scores and context; embeddings, norms and pooling are negligible beside them.
+    Follows a pruned encoder's heads and feed-forward width layer by layer."""
+    heads = config.layer_heads or (config.num_heads,) * config.num_layers
+    ffn = config.layer_ffn or (config.intermediate_size,) * config.num_layers
+    hidden, total = config.hidden_size, 0
+    for layer_heads, layer_ffn in zip(heads, ffn):
+        attention = layer_heads * config.head_size
+        total += 2 * tokens * (4 * hidden * attention + 2 * hidden * layer_ffn) + 2 * 2 * tokens * tokens * attention
+    return total
+
+
 def save_checkpoint(model: BiEncoder, tokenizer_json: str, directory: Path, meta: dict) -> Path:
     """Write weights, tokenizer and a JSON card (config + provenance) side by side."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ gate passes or the build fails) and measured on the dev split:
 - hybrid: the built `search` ensemble in this process (served == in-process is what the integration
   tests and `make eval` hold the server to): BM25 + dense candidates re-ranked by the rung's own
   re-ranker;
-- size: parameters, the embedder artifact's MB, seconds to embed the catalog;
+- size: parameters, FLOPs per query (the encoder at the mean dev query length), the embedder
+  artifact's MB, seconds to embed the catalog;
 - speed: the `search` ensemble served on a fresh tritonserver, q/s and p99 at concurrency 16
   (perf_analyzer over gRPC, the dataset's perf queries).
 BM25 is measured beside them on the same queries. Report: JSON, Markdown and a Pareto plot (hybrid
@@ -26,9 +27,10 @@ from shopsearch.build.options import BuildOptions
 from shopsearch.build.search import SearchCheckpoint, build_repository
 from shopsearch.core.lexical import Bm25Index
 from shopsearch.core.metrics import evaluate_run
-from shopsearch.core.modeling import load_checkpoint, parameter_count
+from shopsearch.core.modeling import encoder_flops, load_checkpoint, parameter_count
+from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 from shopsearch.data.schema import Dataset
-from shopsearch.errors import ConfigError
+from shopsearch.errors import ConfigError, ExportParityError
 from shopsearch.evaluation.search import DEPTH, METRICS, _run
 from shopsearch.export.parity import RetrievalSet, SideOutputs, reference_outputs
 from shopsearch.perf.perf_analyzer import measure_repository
@@ -70,6 +72,8 @@ def measure_rung(rung: Rung, precision: str, dataset: Dataset, queries: dict[str
     report = build_repository(rung.checkpoint, dataset, repo, repo.parent / "work", BuildOptions(precision=precision),
                               log=lambda m: None, tuning=tuning, reference=reference)
     served = report["served_embedder"]
+    encoder = TextEncoder.from_file(rung.checkpoint / TOKENIZER_FILE, model.config.max_query_length)
+    query_tokens = round(float(encoder.encode_texts(list(queries.values())).attention_mask.sum(axis=1).mean()))
     t = time.time()
     hybrid = evaluate_run(_run(InProcessEnsemble.from_repository(repo).search, queries, list(judged)), judged,
                           dataset.relevant_min_gain)
@@ -79,7 +83,8 @@ def measure_rung(rung: Rung, precision: str, dataset: Dataset, queries: dict[str
         "label": rung.label, "precision": precision, "checkpoint": str(rung.checkpoint), "artifact": served,
         "init_from": (card.get("init_from") or {}).get("name"), "teacher": (card.get("teacher") or {}).get("path"),
         "layers": model.config.num_layers, "hidden": model.config.hidden_size,
-        "parameters_m": round(parameter_count(model) / 1e6, 2),
+        "parameters_m": round(parameter_count(model) / 1e6, 2), "query_tokens": query_tokens,
+        "mflops_per_query": round(encoder_flops(model.config, query_tokens) / 1e6, 1),
         "artifact_mb": round((repo / "embedder" / "1" / EMBEDDER_FILE).stat().st_size / 1e6, 1),
         "catalog_embedding_s": report["parity"][served]["catalog_seconds"],
         "dense": {m: report["parity"][served]["dense_metrics"][m] for m in METRICS},
@@ -118,9 +123,22 @@ def run_ladder(rungs: list[Rung], dataset: Dataset, out: Path, perf_queries: Pat
         source = SearchCheckpoint.load(rung.checkpoint)
         reference = reference_outputs(source.model, source.query_encoder, source.product_encoder, RetrievalSet.from_dataset(dataset))
         for precision in rung.precisions or precisions:
-            report["rows"].append(measure_rung(rung, precision, dataset, queries, judged, perf_queries, out / "work",
-                                               concurrency, tuning, measurement_ms, log, reference))
+            try:
+                row = measure_rung(rung, precision, dataset, queries, judged, perf_queries, out / "work", concurrency,
+                                   tuning, measurement_ms, log, reference)
+            except ExportParityError as exc:  # the gate refused this artifact: the table says so, the rest go on
+                failing = "; ".join(f"{name} = {value:.4g} (bound {bound})" for name, value, bound, ok in exc.checks if not ok)
+                row = {"label": rung.label, "precision": precision, "checkpoint": str(rung.checkpoint),
+                       "refused": f"{exc.artifact}: {failing}", "checks": [list(c) for c in exc.checks]}
+                log(f"{rung.label} {precision}: refused by the parity gate: {row['refused']}")
+            report["rows"].append(row)
+            write_ladder(report, out)  # rows measured so far survive a later failure of a long run
     return report
+
+
+def measured(report: dict) -> list[dict]:
+    """The rows that were built and measured (not refused by the parity gate)."""
+    return [r for r in report["rows"] if "refused" not in r]
 
 
 def ladder_markdown(report: dict) -> str:
@@ -128,14 +146,18 @@ def ladder_markdown(report: dict) -> str:
     lines = [f"# From a large model to a fast one: {report['dataset']} {report['split']} ({report['queries']} queries), "
              f"served at concurrency {report['concurrency']}", "",
              "| rung | precision | dense nDCG@10 | dense R@100 | dense MRR@10 | hybrid nDCG@10 | hybrid / BM25 | hybrid R@100 | "
-             "hybrid MRR@10 | parameters (M) | artifact MB | catalog embedding s | served q/s | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| BM25 (bm25s) | - | {bm25:.4f} | {report['bm25']['recall@100']:.4f} | {report['bm25']['mrr@10']:.4f} | - | 1.00 | - | - | - | - | - | - | - |"]
+             "hybrid MRR@10 | parameters (M) | MFLOPs / query | artifact MB | catalog embedding s | served q/s | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| BM25 (bm25s) | - | {bm25:.4f} | {report['bm25']['recall@100']:.4f} | {report['bm25']['mrr@10']:.4f} | - | 1.00 | - | - | - | - | - | - | - | - |"]
     for r in report["rows"]:
+        if "refused" in r:
+            lines.append(f"| {r['label']} | {r['precision']} | refused by the parity gate: {r['refused']} |"
+                         + " - |" * 12)
+            continue
         d, h = r["dense"], r["hybrid"]
         lines.append(f"| {r['label']} | {r['precision']} | {d['ndcg@10']:.4f} | {d['recall@100']:.4f} | {d['mrr@10']:.4f} | "
                      f"{h['ndcg@10']:.4f} | {h['ndcg@10'] / bm25:.2f} | {h['recall@100']:.4f} | {h['mrr@10']:.4f} | "
-                     f"{r['parameters_m']} | {r['artifact_mb']} | {r['catalog_embedding_s']} | {r['served_qps']} | {r['served_p99_ms']} |")
+                     f"{r['parameters_m']} | {r['mflops_per_query']} | {r['artifact_mb']} | {r['catalog_embedding_s']} | {r['served_qps']} | {r['served_p99_ms']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +169,7 @@ def plot_pareto(report: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for precision, marker in (("fp32", "o"), ("int8", "s")):
-        rows = [r for r in report["rows"] if r["precision"] == precision]
+        rows = [r for r in measured(report) if r["precision"] == precision]
         ax.scatter([r["served_qps"] for r in rows], [r["hybrid"]["ndcg@10"] for r in rows], marker=marker, label=f"hybrid, {precision}")
         ax.scatter([r["served_qps"] for r in rows], [r["dense"]["ndcg@10"] for r in rows], marker=marker, facecolors="none",
                    edgecolors="gray", label=f"dense only, {precision}")

@@ -17,7 +17,7 @@ import torch
 from shopsearch.data.schema import Dataset
 from shopsearch.core.embedding import TorchEmbedder, embed_texts
 from shopsearch.errors import ArtifactError, ConfigError
-from shopsearch.core.hybrid import HybridRanker, LexicalScorer, catalog_popularity
+from shopsearch.core.hybrid import HybridRanker, LexicalScorer, popularity_feature
 from shopsearch.core.index import CatalogIndex
 from shopsearch.core.metrics import evaluate_run
 from shopsearch.core.modeling import load_checkpoint
@@ -132,8 +132,7 @@ class CheckpointRanker:
         dense = CatalogIndex(embed_texts(embedder, enc_p, [p.search_text() for p in data.products]), "pytorch")
         # Popularity from the judgments of the bi-encoder's train queries only: the re-ranker's own
         # queries must not leak their labels into a feature.
-        popularity = catalog_popularity(data, "train") if use_popularity else np.zeros(len(data.products), np.float32)
-        lexical = LexicalScorer.build(data.products, popularity)
+        lexical = LexicalScorer.build(data.products, popularity_feature(data, use_popularity))
         return cls(data, HybridRanker(dense, lexical, None, n_dense, n_lexical), embedder, enc_q,
                    [p.product_id for p in data.products])
 
