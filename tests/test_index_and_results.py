@@ -91,3 +91,27 @@ def test_hits_to_arrays_pads_short_rows_with_empty_ids():
     assert ids.tolist() == [[b"b", b"a", b"", b""]]
     assert titles[0, 0].decode() == "Bêta"
     assert scores.dtype == np.float32 and scores[0, 3] == 0
+
+
+def test_embedding_a_catalog_shows_progress_and_a_few_queries_stay_quiet(capsys):
+    """Minutes of catalog embedding show a bar with an ETA on stderr; query batches print nothing."""
+    import numpy as np
+
+    from shopsearch.core.embedding import PROGRESS_FROM, embed_texts
+    from shopsearch.core.tokenization import EncodedBatch
+
+    class Encoder:
+        def encode_texts(self, texts):
+            ids = np.array([[len(t)] for t in texts], dtype=np.int64)
+            return EncodedBatch(ids, np.ones_like(ids))
+
+    class Embedder:
+        def embed(self, batch):
+            return batch.input_ids.astype(np.float32)
+
+    texts = [str(i) for i in range(PROGRESS_FROM)]
+    vectors = embed_texts(Embedder(), Encoder(), texts)
+    assert vectors[:, 0].tolist() == [len(t) for t in texts]  # input order kept
+    assert f"embedding {PROGRESS_FROM} texts" in capsys.readouterr().err
+    embed_texts(Embedder(), Encoder(), texts[:50])
+    assert capsys.readouterr().err == ""
