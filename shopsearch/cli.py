@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -20,13 +19,14 @@ DEMO_QUERIES = {
 
 
 def cmd_setup_triton(args) -> None:
-    from shopsearch.ops.server import find_triton, install_python_backend_stub
+    from shopsearch.ops.server import find_triton, install_python_backend_stub, missing_stub_libraries
 
     stub = install_python_backend_stub()
-    missing = subprocess.run(["ldd", str(stub)], capture_output=True, text=True).stdout
-    missing_libs = [line.split()[0] for line in missing.splitlines() if "not found" in line]
+    missing_libs = missing_stub_libraries(stub)
     if missing_libs:
-        raise ShopSearchError(f"Python backend stub needs {missing_libs}; on Debian: apt-get install libpython3.11")
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise ShopSearchError(f"Python backend stub needs {missing_libs}: use a Python built with --enable-shared "
+                              f"(pyenv, NVIDIA's containers) or, on Debian, apt-get install libpython{version}")
     print(f"tritonserver: {find_triton().binary}\npython backend stub: {stub}")
 
 

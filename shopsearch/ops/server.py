@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +49,23 @@ def find_triton() -> TritonInstall:
         if not path.exists():
             raise ServerError(f"tritonserver install is incomplete: {path} is missing (Python {version} supported?)")
     return install
+
+
+def stub_library_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) with the running interpreter's library directory first on
+    LD_LIBRARY_PATH. The stub links against libpython<major.minor>; a pyenv or container Python
+    keeps it in its own LIBDIR, where the dynamic loader does not look by default."""
+    env = dict(os.environ if env is None else env)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def missing_stub_libraries(stub: Path) -> list[str]:
+    """The shared libraries the stub would not find when the server starts it."""
+    listing = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=stub_library_env()).stdout
+    return [line.split()[0] for line in listing.splitlines() if "not found" in line]
 
 
 def install_python_backend_stub() -> Path:
@@ -166,7 +184,7 @@ class TritonServer:
             raise ServerError(f"Python backend stub missing at {install.stub_target}: run `make venv`")
         if not (self.repository / BUILD_MANIFEST).is_file():
             raise ServerError(f"{self.repository} holds no built repository: run `make build-repo`")
-        env = dict(os.environ)
+        env = stub_library_env()
         # Python-backend models import from the interpreter that starts the server (the venv).
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")

@@ -6,7 +6,10 @@ Search recipes (`<data>.toml`: [data], [train], [rerank], [distill]) and recomme
 
 from __future__ import annotations
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Triton 24.xx containers): the same parser as a package
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -9,7 +9,10 @@ hand and a renamed tensor fails the build instead of the first request.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Triton 24.xx containers): the same parser as a package
+    import tomli as tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
