@@ -15,6 +15,9 @@ REPO ?= model_repository
 TARGET ?= cpu
 PRECISION ?= int8
 GPU_BACKEND ?= tensorrt
+# 1: TensorRT engines that load under later TensorRT releases too (a plan is otherwise tied to the
+# TensorRT that built it; the build records that version and refuses a plan from another one)
+TRT_VERSION_COMPATIBLE ?= 0
 # ONNX Runtime intra-op threads per served instance; 0 = one (Triton parallelises across requests and instances).
 THREADS ?= 0
 TOP_K ?= 10
@@ -111,7 +114,7 @@ build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) \
 		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) --threads $(THREADS) $(DATA_ARGS) \
-		$(if $(wildcard $(TUNING)),--tuning $(TUNING)) $(if $(wildcard $(REC_CHECKPOINT)/recommender.pt),--rec-checkpoint $(REC_CHECKPOINT))
+		$(if $(filter 1,$(TRT_VERSION_COMPATIBLE)),--trt-version-compatible) $(if $(wildcard $(TUNING)),--tuning $(TUNING)) $(if $(wildcard $(REC_CHECKPOINT)/recommender.pt),--rec-checkpoint $(REC_CHECKPOINT))
 
 bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP32 / fused / fused+INT8
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }

@@ -22,7 +22,8 @@ needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not im
 def test_profiles_follow_the_measured_query_lengths():
     profiles = profiles_for({"p50": 6, "p95": 13, "p99": 17, "max": 30, "queries": 100}, max_length=32, max_batch=256, pad_multiple=8)
     interactive, batched = profiles
-    assert interactive.batch == (1, 1, 8) and interactive.sequence == (1, 8, 32)
+    # Both take every batch size (an instance picks among its profiles by shape); opt differs.
+    assert interactive.batch == (1, 1, 256) and interactive.sequence == (1, 8, 32)
     assert batched.batch == (1, 32, 256) and batched.sequence == (1, 16, 32)
     assert "p50=6" in interactive.why and "p95=13" in batched.why
 
@@ -37,8 +38,11 @@ def test_token_length_stats_measure_real_token_counts(random_checkpoint):
 
 def test_saved_build_command_declares_one_shape_set_per_profile():
     profiles = profiles_for({"p50": 6, "p95": 13, "p99": 17, "max": 30, "queries": 1}, 32, 256, 8)
-    command = polygraphy_command(Path("model.onnx"), Path("model.plan"), profiles, fp16=True)
-    assert command.startswith("polygraphy convert model.onnx --convert-to trt -o model.plan --fp16")
+    command = polygraphy_command(Path("model.fp16.onnx"), Path("model.plan"), profiles)
+    # FP16 comes from the graph's own types (a strongly typed network), not the deprecated FP16 flag.
+    assert command.startswith("polygraphy convert model.fp16.onnx --convert-to trt -o model.plan --strongly-typed")
+    assert "--fp16" not in command and "--version-compatible" not in command
+    assert "--version-compatible" in polygraphy_command(Path("m.onnx"), Path("m.plan"), profiles, version_compatible=True)
     assert command.count("--trt-opt-shapes") == 2
     assert "'input_ids:[1,8]'" in command and "'attention_mask:[32,16]'" in command
 

@@ -6,6 +6,7 @@ import pytest
 from google.protobuf import text_format
 
 from shopsearch.errors import ConfigError
+from shopsearch.export.tensorrt import profiles_for
 from shopsearch.export.onnx import OnnxSignature, TensorIO
 from shopsearch.triton.ensemble import EnsembleDeclaration, load_declaration, wire_ensemble
 from shopsearch.triton.model_config import DynamicBatching, PythonModelConfig, TensorSpec, parameters_of, render_config
@@ -34,8 +35,13 @@ def gpu_models(backend):
     gpu_batching = DynamicBatching(preferred_batch_sizes=(8, 32), max_queue_delay_us=1000)
     models = search_models()
     models["tokenizer"] = tokenizer_config(SIGNATURE, 32, BATCHING, pad_multiple=8)
-    profiles = ("0", "1") if backend == "tensorrt" else ("0",)
-    models["embedder"] = embedder_gpu_config(SIGNATURE, backend, gpu_batching, profiles)
+    if backend == "tensorrt":  # the engine's two profiles as the build makes them
+        stats = {"p50": 6, "p95": 13, "p99": 17, "max": 30, "queries": 100}
+        profiles = profiles_for(stats, max_length=48, max_batch=256, pad_multiple=8)
+        models["embedder"] = embedder_gpu_config(SIGNATURE, backend, gpu_batching,
+                                                 tuple((p.batch[0], p.batch[2]) for p in profiles))
+    else:
+        models["embedder"] = embedder_gpu_config(SIGNATURE, backend, gpu_batching)
     return models
 
 
@@ -151,7 +157,8 @@ def test_config_with_max_batch_size_zero_keeps_the_field_explicit():
 def test_gpu_embedder_configs_use_native_platforms_on_gpu_instances():
     trt = gpu_models("tensorrt")["embedder"].to_proto()
     assert trt.platform == "tensorrt_plan" and trt.default_model_filename == "model.plan"
-    assert [(g.kind, list(g.profile)) for g in trt.instance_group] == [(pb_kind("KIND_GPU"), ["0"]), (pb_kind("KIND_GPU"), ["1"])]
+    # One group listing every profile: each instance picks the profile that takes a batch's shapes.
+    assert [(g.kind, list(g.profile)) for g in trt.instance_group] == [(pb_kind("KIND_GPU"), ["0", "1"])]
     assert list(trt.dynamic_batching.preferred_batch_size) == [8, 32]
     assert not any(i.allow_ragged_batch for i in trt.input)  # the tokenizer pads instead
     ort = gpu_models("onnxruntime")["embedder"].to_proto()

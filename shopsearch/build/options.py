@@ -18,6 +18,7 @@ class BuildOptions:
     target: str = "cpu"
     precision: str = "int8"  # cpu target: which ONNX artifact the embedder serves
     gpu_backend: str = "tensorrt"
+    trt_version_compatible: bool = False  # engines later TensorRT releases load too (TensorRT >= 8.6)
     n_candidates: int = 100
     top_k: int = 10
     intra_op_threads: int = 0

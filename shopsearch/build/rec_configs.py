@@ -40,13 +40,14 @@ def user_encoder_config(encoder: OnnxSignature, n_items: int, threads: int, batc
     )
 
 
-def user_encoder_gpu_config(encoder: OnnxSignature, batching: DynamicBatching, backend: str = "onnxruntime"):
+def user_encoder_gpu_config(encoder: OnnxSignature, batching: DynamicBatching, backend: str = "onnxruntime",
+                            profile_batches: tuple[tuple[int, int], ...] = ((1, MAX_BATCH_SIZE),)):
     """The user encoder for NVIDIA's Triton container: a TensorRT engine or ONNX Runtime on the GPU."""
     common = dict(name="user_encoder", inputs=tuple(_spec(i) for i in encoder.inputs),
                   outputs=tuple(_spec(o) for o in encoder.outputs), max_batch_size=MAX_BATCH_SIZE,
                   instance_kind="KIND_GPU", dynamic_batching=batching)
     if backend == "tensorrt":
-        return TensorRTModelConfig(**common)
+        return TensorRTModelConfig(**common, profile_batches=profile_batches)
     return OnnxRuntimeModelConfig(**common)
 
 

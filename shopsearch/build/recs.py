@@ -19,7 +19,7 @@ from shopsearch.core.recommender import REC_WEIGHTS, load_rec_catalog, load_reco
 from shopsearch.core.results import CATALOG_FILE, CatalogLookup
 from shopsearch.errors import ConfigError
 from shopsearch.export.onnx import read_signature
-from shopsearch.export.tensorrt import BUILD_COMMAND_FILE, ENGINE_FILE, PROFILES_FILE
+from shopsearch.export.tensorrt import BUILD_COMMAND_FILE, ENGINE_CARD, ENGINE_FILE, PROFILES_FILE, engine_profile_batches
 from shopsearch.export.user_encoder import check_user_encoder, export_user_encoder
 from shopsearch.serving.rec_steps import POPULARITY_FILE, USER_ENCODER_FILE
 from shopsearch.triton.ensemble import load_declaration, wire_ensemble
@@ -33,7 +33,7 @@ REC_ENSEMBLES = ("recommend", "similar_items")
 
 def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, top_k: int = 10, threads: int = 0,
                      target: str = "cpu", tuning=None, provenance: dict | None = None, log=print,
-                     gpu_backend: str = "onnxruntime") -> tuple[list[ModelVersion], dict]:
+                     gpu_backend: str = "onnxruntime", trt_version_compatible: bool = False) -> tuple[list[ModelVersion], dict]:
     """The five recommendation models and two ensembles, each artifact checked before it is laid out.
     TARGET=gpu: the user encoder runs natively on the GPU (a TensorRT FP16 engine, or ONNX Runtime);
     the other models stay Python."""
@@ -62,12 +62,11 @@ def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, to
     if target == "cpu":
         encoder = user_encoder_config(signature, len(item_ids), threads, batching)
     elif gpu_backend == "tensorrt":
-        engine, trt_parity = _user_encoder_engine(model, onnx_path, probes or [[0]], vectors, work)
-        parity["trt_fp16"] = trt_parity
-        log(f"user_encoder TensorRT FP16 parity: max abs diff {trt_parity['max_abs_diff']:.2e}")
-        encoder = user_encoder_gpu_config(signature, batching, "tensorrt")
-        encoder_files = {ENGINE_FILE: engine, BUILD_COMMAND_FILE: engine.parent / BUILD_COMMAND_FILE,
-                         PROFILES_FILE: engine.parent / PROFILES_FILE}
+        engine, engine_parity = _user_encoder_engine(model, onnx_path, probes or [[0]], vectors, work, trt_version_compatible)
+        parity.update(engine_parity)
+        log(f"user_encoder TensorRT FP16 parity: max abs diff {engine_parity['trt_fp16']['max_abs_diff']:.2e}")
+        encoder = user_encoder_gpu_config(signature, batching, "tensorrt", engine_profile_batches(engine))
+        encoder_files = {name: engine.parent / name for name in (ENGINE_FILE, BUILD_COMMAND_FILE, PROFILES_FILE, ENGINE_CARD)}
     else:
         encoder = user_encoder_gpu_config(signature, batching)
     embedding = item_embedding_config(signature, batching)
@@ -106,17 +105,22 @@ def build_rec_models(checkpoint: Path, work: Path, batching: DynamicBatching, to
     return versions, manifest
 
 
-def _user_encoder_engine(model, onnx_path: Path, probes: list[list[int]], vectors, work: Path):
+def _user_encoder_engine(model, onnx_path: Path, probes: list[list[int]], vectors, work: Path,
+                         version_compatible: bool = False) -> tuple[Path, dict]:
     """A TensorRT FP16 engine of the exported user encoder (one profile: the batcher's batches of the
-    fixed item window), gated against PyTorch like the ONNX graph."""
+    fixed item window), from its FP16 ONNX graph; both gated against PyTorch like the FP32 graph."""
     from shopsearch.export.user_encoder import ITEMS_INPUT, trt_engine_runner
     from shopsearch.build.search_configs import MAX_BATCH_SIZE
-    from shopsearch.export.tensorrt import FixedWidthProfile, build_engine
+    from shopsearch.export.tensorrt import FixedWidthProfile, build_engine, to_fp16_onnx
+    from shopsearch.export.user_encoder import onnx_runner
 
     profile = FixedWidthProfile("batched", "dynamic batches of recommendation requests; the item window is fixed",
                                 ITEMS_INPUT, model.config.max_length, (1, 32, MAX_BATCH_SIZE))
-    engine = build_engine(onnx_path, work / "user_encoder_engine", (profile,), fp16=True)
-    return engine, check_user_encoder(model, onnx_path, probes, vectors, "trt_fp16", trt_engine_runner(engine))
+    fp16 = to_fp16_onnx(onnx_path, work / "user_encoder.fp16.onnx")
+    parity = {"onnx_fp16": check_user_encoder(model, fp16, probes, vectors, "onnx_fp16", onnx_runner(fp16))}
+    engine = build_engine(fp16, work / "user_encoder_engine", (profile,), version_compatible)
+    parity["trt_fp16"] = check_user_encoder(model, onnx_path, probes, vectors, "trt_fp16", trt_engine_runner(engine))
+    return engine, parity
 
 
 def build_rec_repository(checkpoint: Path, out: Path, work: Path, top_k: int = 10, threads: int = 0,

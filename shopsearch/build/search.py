@@ -21,7 +21,7 @@ import numpy as np
 from shopsearch.build.options import GPU_PAD_MULTIPLE, BuildOptions
 from shopsearch.build.recs import build_rec_models
 from shopsearch.build.search_configs import (
-    embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
+    MAX_BATCH_SIZE, embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
 )
 from shopsearch.core.embedding import OnnxEmbedder
 from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, popularity_feature
@@ -42,8 +42,9 @@ from shopsearch.export.parity import (
 )
 from shopsearch.export.reranker import export_reranker
 from shopsearch.export.tensorrt import (
-    BUILD_COMMAND_FILE, ENGINE_FILE, PROFILES_FILE, TrtEmbedder, build_engine, profiles_for, require_tensorrt,
-    token_length_stats, trt_runner,
+    BUILD_COMMAND_FILE, ENGINE_CARD, ENGINE_FILE, PROFILES_FILE, ShapeProfile, TrtEmbedder, build_engine,
+    engine_profile_batches, longest_sequence, profiles_for, read_engine_card, require_coverage, require_tensorrt,
+    to_fp16_onnx, token_length_stats, trt_runner,
 )
 from shopsearch.serving.steps import EMBEDDER_FILE
 from shopsearch.triton.ensemble import load_declaration, wire_ensemble
@@ -168,10 +169,25 @@ def artifact_chain(fp32: Path, source: SearchCheckpoint, data: RetrievalSet, opt
         return chain, details
     if options.gpu_backend == "onnxruntime":
         return [("onnx_fp32", fp32)], {}
+    profiles, lengths = engine_profiles(source, data)
+    fp16 = to_fp16_onnx(fp32, work / "model.fp16.onnx")
+    engine = build_engine(fp16, work / "engine", profiles, options.trt_version_compatible)
+    return ([("onnx_fp32", fp32), ("onnx_fp16", fp16), ("trt_fp16", engine)],
+            {"token_lengths": lengths, "profiles": [asdict(p) for p in profiles], "engine": read_engine_card(engine)})
+
+
+def engine_profiles(source: SearchCheckpoint, data: RetrievalSet) -> tuple[tuple[ShapeProfile, ...], dict]:
+    """The embedder engine's profiles: tuned for the measured query lengths, reaching the longest
+    sequence either side sends (the build embeds the catalog through the engine; the server sends
+    queries), checked against the longest tokenized catalog text and dev query."""
     stats = token_length_stats(source.query_encoder, data.query_texts or data.probes)
-    profiles = profiles_for(stats, source.model.config.max_query_length, 256, GPU_PAD_MULTIPLE)
-    engine = build_engine(fp32, work / "engine", profiles, fp16=True)
-    return [("onnx_fp32", fp32), ("trt_fp16", engine)], {"token_lengths": stats, "profiles": [asdict(p) for p in profiles]}
+    max_length = max(source.query_encoder.max_length, source.product_encoder.max_length)
+    profiles = profiles_for(stats, max_length, MAX_BATCH_SIZE, GPU_PAD_MULTIPLE)
+    longest = {"catalog": longest_sequence(source.product_encoder, data.product_texts),
+               "queries": longest_sequence(source.query_encoder, data.query_texts + data.probes)}
+    for profile in profiles:
+        require_coverage("embedder", profile, MAX_BATCH_SIZE, max(longest.values()))
+    return profiles, {**stats, "longest": longest}
 
 
 def gate_chain(chain: Chain, reference: SideOutputs, source: SearchCheckpoint, data: RetrievalSet,
@@ -185,13 +201,13 @@ def gate_chain(chain: Chain, reference: SideOutputs, source: SearchCheckpoint, d
     for name, path in chain:
         t = time.time()
         if name == "trt_fp16":
-            embedder = TrtEmbedder(path, profile_index=1)
+            embedder = TrtEmbedder.from_engine(path, profile_index=1)  # "batched": the catalog's batches
         else:
             embedder = OnnxEmbedder(path, options.intra_op_threads, row_by_row=name in ROW_BY_ROW)
         side = run_side(embedder, source.query_encoder, source.product_encoder, data)
         report = gate(compare(name, reference, side, PARITY[name]))
         parity[name] = report.to_json()
-        if name in ("onnx_fused", "trt_fp16"):
+        if name in ("onnx_fused", "onnx_fp16", "trt_fp16"):
             feeds = [{"input_ids": b.input_ids, "attention_mask": b.attention_mask}
                      for b in (source.query_encoder.encode_texts(data.probes[i : i + 16]) for i in range(0, 48, 16))]
             candidate = trt_runner(path, 1, name) if name == "trt_fp16" else onnxrt_runner(path, name)
@@ -220,11 +236,12 @@ def search_models(source: SearchCheckpoint, signature, chain: Chain, index: Cata
     else:
         gpu_batching = DynamicBatching(preferred_batch_sizes=(8, 32), max_queue_delay_us=options.max_queue_delay_us,
                                        max_queue_size=options.max_queue_size, queue_timeout_us=options.queue_timeout_us)
-        profiles = ("0", "1") if options.gpu_backend == "tensorrt" else ("0",)
-        emb = embedder_gpu_config(signature, options.gpu_backend, gpu_batching, profiles)
-        embedder_files = ({ENGINE_FILE: served_path, BUILD_COMMAND_FILE: served_path.parent / BUILD_COMMAND_FILE,
-                           PROFILES_FILE: served_path.parent / PROFILES_FILE}
-                          if options.gpu_backend == "tensorrt" else {EMBEDDER_FILE: served_path})
+        if options.gpu_backend == "tensorrt":
+            emb = embedder_gpu_config(signature, "tensorrt", gpu_batching, engine_profile_batches(served_path))
+            embedder_files = {name: served_path.parent / name for name in (ENGINE_FILE, BUILD_COMMAND_FILE, PROFILES_FILE, ENGINE_CARD)}
+        else:
+            emb = embedder_gpu_config(signature, "onnxruntime", gpu_batching)
+            embedder_files = {EMBEDDER_FILE: served_path}
     ranker_files = {INDEX_VECTORS: work / "index" / INDEX_VECTORS, INDEX_MANIFEST: work / "index" / INDEX_MANIFEST}
     hybrid, ranker_manifest = None, {"mode": "dense"}
     if (source.path / RERANKER_DIR / RERANKER_CARD).exists():
@@ -277,7 +294,7 @@ def recommendation_models(rec_checkpoint: Path, dataset: Dataset, work: Path, op
     """The recommendation models and ensembles beside search, noting whether both serve one catalog."""
     versions, manifest = build_rec_models(rec_checkpoint, work / "rec", options.batching, options.top_k,
                                           options.intra_op_threads, options.target, tuning, provenance, log,
-                                          gpu_backend=options.gpu_backend)
+                                          gpu_backend=options.gpu_backend, trt_version_compatible=options.trt_version_compatible)
     same = load_rec_catalog(rec_checkpoint)[0] == [p.product_id for p in dataset.products]
     manifest["same_catalog_as_search"] = same
     if not same:

@@ -96,8 +96,10 @@ def postprocess_config(ranker: PythonModelConfig, top_k: int, batching: DynamicB
 
 
 def embedder_gpu_config(signature: OnnxSignature, backend: str, batching: DynamicBatching,
-                        profiles: tuple[str, ...] = ("0",), max_batch_size: int = MAX_BATCH_SIZE):
-    """The embedder for NVIDIA's Triton container: a TensorRT engine or ONNX Runtime on the GPU."""
+                        profile_batches: tuple[tuple[int, int], ...] = ((1, MAX_BATCH_SIZE),),
+                        max_batch_size: int = MAX_BATCH_SIZE):
+    """The embedder for NVIDIA's Triton container: a TensorRT engine or ONNX Runtime on the GPU.
+    `profile_batches`: the engine's profiles' (min, max) batch, from the profiles it was built with."""
     common = dict(
         name="embedder",
         inputs=tuple(_spec(i) for i in signature.inputs),
@@ -107,7 +109,7 @@ def embedder_gpu_config(signature: OnnxSignature, backend: str, batching: Dynami
         dynamic_batching=batching,
     )
     if backend == "tensorrt":
-        return TensorRTModelConfig(**common, profiles=profiles)
+        return TensorRTModelConfig(**common, profile_batches=profile_batches)
     if backend == "onnxruntime":
         return OnnxRuntimeModelConfig(**common)
     raise ValueError(f"unknown GPU backend {backend!r}; choose tensorrt or onnxruntime")

@@ -32,6 +32,7 @@ PARITY = {
     "onnx_fp32": ParityThresholds(max_abs_diff=1e-4, min_mean_cosine=0.9999, min_top10_overlap=0.97, max_ndcg10_drop=0.002),
     "onnx_fused": ParityThresholds(max_abs_diff=1e-3, min_mean_cosine=0.9999, min_top10_overlap=0.95, max_ndcg10_drop=0.003),
     "onnx_int8": ParityThresholds(max_abs_diff=None, min_mean_cosine=0.98, min_top10_overlap=0.60, max_ndcg10_drop=0.01),
+    "onnx_fp16": ParityThresholds(max_abs_diff=1e-2, min_mean_cosine=0.999, min_top10_overlap=0.90, max_ndcg10_drop=0.005),
     "trt_fp16": ParityThresholds(max_abs_diff=1e-2, min_mean_cosine=0.999, min_top10_overlap=0.90, max_ndcg10_drop=0.005),
 }
 PRECISIONS = ("fp32", "fused", "int8")

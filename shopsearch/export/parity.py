@@ -125,12 +125,12 @@ def gate(report: ParityReport) -> ParityReport:
 
 def polygraphy_compare(reference_runner, candidate_runner, feeds: list[dict[str, np.ndarray]], atol: float, rtol: float = 0.0) -> dict:
     """Cross-runtime check with Polygraphy's Comparator (e.g. TensorRT vs ONNX Runtime FP32)."""
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc  # CompareFunc.simple: removed in 0.60
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # per-iteration stats would flood the build log
     results = Comparator.run([reference_runner, candidate_runner], data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     ref_name, cand_name = reference_runner.name, candidate_runner.name
     ref_out, cand_out = results[ref_name][0], results[cand_name][0]
     max_abs = max(float(np.max(np.abs(np.asarray(ref_out[n]) - np.asarray(cand_out[n])))) for n in ref_out.keys())

@@ -17,6 +17,11 @@ def distributed_context() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            # Before NCCL starts: each rank's collectives, and the tensors broadcast_object_list
+            # makes, go to the *current* device, which is cuda:0 on every rank unless set
+            # ("Duplicate GPU detected" on the first broadcast).
+            torch.cuda.set_device(training_device(int(os.environ.get("RANK", "0"))))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         # Tear the group down before the interpreter does: left to exit, gloo's threads were
         # destroyed while joinable and a rank aborted ("terminate called without an active
@@ -33,7 +38,9 @@ def _destroy_process_group() -> None:
 
 
 def training_device(rank: int) -> torch.device:
-    """CUDA (one device per local rank) where there is one, else the CPU."""
+    """CUDA where there is one, else the CPU. On CUDA the device of this rank *on its host*:
+    torchrun's LOCAL_RANK (the global rank counts every host's GPUs; rank 9 of 2 hosts x 8 GPUs
+    is cuda:1), falling back to the rank in a single-host run without torchrun's variables."""
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     return torch.device("cpu")

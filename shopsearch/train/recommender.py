@@ -21,7 +21,7 @@ from shopsearch.errors import ConfigError
 from shopsearch.data.interactions import Interactions
 from shopsearch.core.recommender import RecConfig, SequentialRecommender, pack, save_rec_checkpoint
 from shopsearch.core.provenance import git_revision
-from shopsearch.train.distributed import distributed_context, global_mean, seed_everything
+from shopsearch.train.distributed import distributed_context, global_mean, seed_everything, training_device
 from shopsearch.train.schedule import warmup_cosine
 
 
@@ -42,7 +42,8 @@ class RecTrainConfig:
     warmup_fraction: float = 0.05
     seed: int = 0
     threads: int = 0
-    mixed_precision: bool = False  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    mixed_precision: bool = False  # bf16 autocast on CPU; on CUDA `cuda_amp`
+    cuda_amp: str = "fp16"  # on CUDA: "fp16" (with gradient scaling) or "bf16" (needs none)
     extra: dict = field(default_factory=dict)
 
 
@@ -81,7 +82,9 @@ def train_recommender(data: Interactions, cfg: RecTrainConfig, title_vectors: np
         log = lambda m: None  # noqa: E731
     if cfg.batch_size % world:
         raise ConfigError("train-rec", "batch_size", f"{cfg.batch_size} must divide among {world} ranks")
-    device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1)) if torch.cuda.is_available() else torch.device("cpu")
+    if cfg.cuda_amp not in ("fp16", "bf16"):
+        raise ConfigError("train-rec", "cuda_amp", f"'{cfg.cuda_amp}' is not fp16 or bf16")
+    device = training_device(rank)  # this host's GPU of this rank (LOCAL_RANK), not the global rank's
     use_titles = cfg.use_titles and title_vectors is not None
     if cfg.use_titles and title_vectors is None:
         log("recommender: no title vectors for this data: id embeddings only (no cold-start vectors)")
@@ -90,14 +93,16 @@ def train_recommender(data: Interactions, cfg: RecTrainConfig, title_vectors: np
                           hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                           max_length=cfg.max_length, dropout=cfg.dropout, id_dropout=cfg.id_dropout)
     model = SequentialRecommender(model_cfg, title_vectors if use_titles else None, trained_items=counts > 0).to(device)
-    trainable = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    trainable = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                 if world > 1 else model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)  # the same batches on every rank
     steps_per_epoch = len(training_batches(data.histories, cfg.batch_size, cfg.max_length, random.Random(0)))
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, cfg.warmup_fraction))
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
+    fp16 = device.type == "cuda" and cfg.cuda_amp == "fp16"
+    amp_dtype = torch.float16 if fp16 else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and fp16)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     padding = model_cfg.padding_item
     losses: list[float] = []

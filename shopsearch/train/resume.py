@@ -41,8 +41,10 @@ def load_training_state(out_dir: Path, rank: int) -> tuple[dict, dict] | None:
     directory = out_dir / RESUME_DIR
     if not (directory / "state.pt").exists():
         return None
-    state = torch.load(directory / "state.pt", weights_only=False)
-    rng = torch.load(directory / f"rng_rank{rank}.pt", weights_only=False)
+    # Onto the CPU: a state saved on a GPU host resumes on a CPU host, and no rank piles its copy
+    # onto cuda:0; load_state_dict then moves each tensor to its parameter's device.
+    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=False)
+    rng = torch.load(directory / f"rng_rank{rank}.pt", map_location="cpu", weights_only=False)
     return state, rng
 
 

@@ -168,28 +168,38 @@ class OnnxRuntimeModelConfig(_BatchedModelConfig):
 
 @dataclass(frozen=True)
 class TensorRTModelConfig(_BatchedModelConfig):
-    """A serialized TensorRT engine. One GPU instance group per optimization profile, so each
-    traffic pattern gets an execution context tuned for its shapes."""
+    """A serialized TensorRT engine. `profile_batches`: each optimization profile's (min, max) batch,
+    in the engine's profile order.
+
+    Every instance group lists every profile. The TensorRT backend gives an instance one execution
+    context per listed profile and picks, per batch, the context whose profile takes its shapes
+    (an instance that lists none gets profile 0 only). The dynamic batcher forms batches of any size
+    up to max_batch_size without knowing which instance will run them, so an instance pinned to a
+    profile that stops at batch 8 fails every request of a larger batch routed to it."""
 
     model_file: str = "model.plan"
-    profiles: tuple[str, ...] = ("0",)
+    profile_batches: tuple[tuple[int, int], ...] = ((1, 256),)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.instance_kind != "KIND_GPU":
             raise ConfigError(self.name, "instance_group.kind", "a TensorRT engine runs on KIND_GPU only")
-        if not self.profiles:
+        if not self.profile_batches:
             raise ConfigError(self.name, "instance_group.profile", "name at least one optimization profile")
+        uncovered = [b for b in range(1, self.max_batch_size + 1)
+                     if not any(lo <= b <= hi for lo, hi in self.profile_batches)]
+        if uncovered:
+            raise ConfigError(self.name, "instance_group.profile",
+                              f"no optimization profile takes batch sizes {uncovered[0]}-{uncovered[-1]} "
+                              f"(max_batch_size {self.max_batch_size}; profiles {list(self.profile_batches)})")
 
     def to_proto(self) -> pb.ModelConfig:
         config = self._base_proto()
         config.platform = "tensorrt_plan"
         config.default_model_filename = self.model_file
         del config.instance_group[:]
-        for profile in self.profiles:
-            config.instance_group.append(
-                pb.ModelInstanceGroup(kind="KIND_GPU", count=self.instance_count, profile=[profile])
-            )
+        config.instance_group.append(pb.ModelInstanceGroup(
+            kind="KIND_GPU", count=self.instance_count, profile=[str(i) for i in range(len(self.profile_batches))]))
         return config
 
 
