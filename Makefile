@@ -45,6 +45,12 @@ RUNGS ?=
 # Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
 REC_CHECKPOINT ?= artifacts/checkpoints/rec_$(DATA)
 REC_RECIPE ?= training/recipes/rec_$(DATA).toml
+# make gpu-check on a CUDA host: its own Python (torch with CUDA; no venv, no network there) and
+# the wheels it lacks, fetched here by `make gpu-wheels` and carried with the tree.
+GPU_PYTHON ?= python3
+GPU_OUT ?= reports/gpu_check
+GPU_WHEELS := artifacts/gpu_wheels
+GPU_DEPS := artifacts/gpu_deps
 # make student: the fine-tuned checkpoint a student is pruned and distilled from.
 TEACHER ?= artifacts/checkpoints/$(DATA)_minilm
 # The encoder that embeds item titles for the recommender (cold start): a search checkpoint, or a
@@ -55,7 +61,7 @@ DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 # Test tiers (markers in pyproject.toml): the unit tier is every test without one.
 UNIT_TIER := not (training or multiprocess or integration or gpu or tensorrt)
 
-.PHONY: pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: gpu-check gpu-wheels pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -172,6 +178,19 @@ loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (HTTP + gRPC users) ag
 
 data: venv ## write the dataset in the project's jsonl format to artifacts/data/$(DATA)
 	$(BIN)/shopsearch write-data $(DATA_ARGS) --out artifacts/data/$(DATA)
+
+gpu-wheels: venv ## the wheels gpu-check needs that the GPU hosts lack (pytrec-eval, Python 3.12) -> $(GPU_WHEELS)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d $(GPU_WHEELS) \
+		$$(grep -E '^pytrec-eval-terrier==' requirements.txt)
+
+gpu-check: ## on a CUDA host: bf16/fp16 training vs the CPU, encoder speed, catalog vs the CPU artifact -> $(GPU_OUT) (DRY_RUN=1: tiny, on this CPU)
+ifeq ($(DRY_RUN),1)
+	@$(MAKE) --no-print-directory venv
+	$(PY) -m shopsearch.cli gpu-check --dry-run --out $(GPU_OUT)
+else
+	@for wheel in $(wildcard $(GPU_WHEELS)/*.whl); do $(GPU_PYTHON) -m zipfile -e $$wheel $(GPU_DEPS); done
+	PYTHONPATH=$(GPU_DEPS):. $(GPU_PYTHON) -m shopsearch.cli gpu-check --out $(GPU_OUT)
+endif
 
 test: venv $(LOAD_VENV)/.installed ## every test tier: unit, training, multiprocess, integration (real tritonserver); gpu + tensorrt skip with the reason
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -188,6 +188,13 @@ def cmd_ladder(args) -> None:
     print("written: " + ", ".join(map(str, write_ladder(report, Path(args.out)))))
 
 
+def cmd_gpu_check(args) -> None:
+    from shopsearch.evaluation.gpu_check import GpuCheckPlan, run_gpu_check
+
+    plan = GpuCheckPlan.tiny() if args.dry_run else GpuCheckPlan()
+    run_gpu_check(plan, Path(args.out), log=lambda m: print(m, flush=True))
+
+
 def cmd_deploy(args) -> None:
     import tempfile
 
@@ -359,6 +366,11 @@ def _evaluation_commands(sub) -> None:
     p.add_argument("--tuning", default=None, help="instances and batching per model (the same for every rung)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_ladder)
+
+    p = sub.add_parser("gpu-check", help="on a CUDA host: training in bf16 / fp16 vs the CPU, encoder speed, catalog vs the CPU artifact")
+    p.add_argument("--dry-run", action="store_true", help="every step on the CPU at a tiny size (no CUDA call)")
+    p.add_argument("--out", default="reports/gpu_check")
+    p.set_defaults(func=cmd_gpu_check)
 
     p = sub.add_parser("evaluate-rec", help="HR@10 / NDCG@10: popularity, transitions, our model in-process and served")
     p.add_argument("--data", default="synthetic")

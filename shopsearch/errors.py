@@ -33,6 +33,11 @@ class ArtifactError(ShopSearchError):
     """A built artifact is missing or does not match what loads it (e.g. index vs embedder)."""
 
 
+class FusionUnavailableError(ArtifactError):
+    """This ONNX Runtime's optimizer finds no attention to fuse in the exported graph (older releases,
+    e.g. 1.23, the newest for Python 3.10, do not match the graph today's torch and transformers export)."""
+
+
 class ExportParityError(ShopSearchError):
     """An exported model's outputs drifted from the source model beyond its declared bounds.
 

@@ -84,6 +84,24 @@ def unit_repo(random_checkpoint, random_rec_checkpoint, tiny_dataset, tmp_path_f
     return repo
 
 
+@pytest.fixture(scope="session")
+def attention_fusion(random_checkpoint, tmp_path_factory) -> None:
+    """Skip (with the reason) where this ONNX Runtime's optimizer cannot fuse our export's attention:
+    1.32 does; 1.23.2, the newest for Python 3.10, does not (the build then quantizes the plain graph)."""
+    from shopsearch.core.modeling import load_checkpoint
+    from shopsearch.errors import FusionUnavailableError
+    from shopsearch.export.onnx import export_onnx
+    from shopsearch.export.optimize import fuse_transformer
+
+    model, _ = load_checkpoint(random_checkpoint)
+    work = tmp_path_factory.mktemp("fusion_probe")
+    try:
+        fuse_transformer(export_onnx(model, work / "model.onnx"), work / "fused.onnx", model.config.num_heads,
+                         model.config.hidden_size)
+    except FusionUnavailableError as exc:
+        pytest.skip(f"attention fusion unavailable here: {exc}")
+
+
 # ---- training and integration tiers: tiny trained models ---------------------------------------
 
 @pytest.fixture(scope="session")

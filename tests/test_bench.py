@@ -1,7 +1,7 @@
 from shopsearch.perf.bench_models import BASELINE, bench_models, format_table
 
 
-def test_bench_models_measures_every_variant_side_by_side(random_checkpoint, unit_repo, tmp_path):
+def test_bench_models_measures_every_variant_side_by_side(random_checkpoint, unit_repo, tmp_path, attention_fusion):
     report = bench_models(random_checkpoint, tmp_path, batches=(1, 4), sequences=(16, 32), threads=1,
                           min_seconds=0.01, repo=unit_repo)
     variants = {r["variant"] for r in report["rows"]}

@@ -46,8 +46,8 @@ def test_the_recommender_trains_on_its_local_rank_gpu(monkeypatch, tiny_interact
     class DeviceChosen(Exception):
         pass
 
-    def record(rank):
-        chosen.append(distributed.training_device(rank))
+    def record(rank, requested=""):
+        chosen.append(distributed.training_device(rank, requested))
         raise DeviceChosen  # stop before any tensor goes to the (absent) GPU
     monkeypatch.setattr(rec, "training_device", record)
     try:

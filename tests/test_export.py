@@ -41,7 +41,7 @@ def test_onnx_export_has_dynamic_batch_and_sequence_axes_and_a_fixed_width(expor
     assert signature.outputs[0].shape[1] == model.config.hidden_size
 
 
-def test_every_cpu_artifact_passes_its_parity_gate(exported, encoders, reference):
+def test_every_cpu_artifact_passes_its_parity_gate(exported, encoders, reference, attention_fusion):
     model, fp32, work = exported
     data, ref = reference
     fused, ops = fuse_transformer(fp32, work / "fused.onnx", model.config.num_heads, model.config.hidden_size)
@@ -71,7 +71,7 @@ def test_parity_gate_fails_the_build_listing_every_number_when_an_artifact_drift
     assert "embedding.max_abs_diff" in info.value.failed and "FAIL" in message
 
 
-def test_polygraphy_comparator_checks_one_runtime_against_another(exported, encoders):
+def test_polygraphy_comparator_checks_one_runtime_against_another(exported, encoders, attention_fusion):
     model, fp32, work = exported
     fused, _ = fuse_transformer(fp32, work / "fused_pg.onnx", model.config.num_heads, model.config.hidden_size)
     batch = encoders[0].encode_texts(["red tent", "frying pan 12 inch", "x"])
@@ -80,6 +80,27 @@ def test_polygraphy_comparator_checks_one_runtime_against_another(exported, enco
     assert result["passed"] and result["max_abs_diff_first_feed"] < 1e-3
     drifted = polygraphy_compare(onnxrt_runner(fp32, "fp32"), onnxrt_runner(quantize_int8(fused, work / "i8.onnx"), "int8"), feeds, atol=1e-7)
     assert not drifted["passed"]
+
+
+def test_int8_build_quantizes_the_plain_graph_where_attention_cannot_be_fused(random_checkpoint, tiny_dataset,
+                                                                             tmp_path, monkeypatch):
+    """An ONNX Runtime that fuses no attention (1.23.2 on Python 3.10): INT8 still ships, from the
+    unfused graph, and the manifest says why; PRECISION=fused cannot, and says so."""
+    import shopsearch.build.search as build_search
+    from shopsearch.build.options import BuildOptions
+    from shopsearch.errors import FusionUnavailableError
+
+    def no_fusion(fp32, out, heads, hidden):
+        raise FusionUnavailableError(f"{fp32}: ONNX Runtime 1.23.2 fused no Attention node")
+    monkeypatch.setattr(build_search, "fuse_transformer", no_fusion)
+    report = build_search.build_repository(random_checkpoint, tiny_dataset, tmp_path / "repo", tmp_path / "work",
+                                           BuildOptions(precision="int8", parity_queries=30), log=lambda m: None)
+    assert report["served_embedder"] == "onnx_int8" and "onnx_fused" not in report["parity"]
+    assert report["parity"]["onnx_int8"]["passed"]
+    assert report["artifact_details"]["fused_operators"].startswith("none: ") and "1.23.2" in report["artifact_details"]["fused_operators"]
+    with pytest.raises(FusionUnavailableError, match="1.23.2"):
+        build_search.build_repository(random_checkpoint, tiny_dataset, tmp_path / "repo2", tmp_path / "work2",
+                                      BuildOptions(precision="fused", parity_queries=30), log=lambda m: None)
 
 
 @pytest.mark.training

@@ -34,7 +34,7 @@ from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_CARD, RERANKER_DIR
 from shopsearch.core.results import CATALOG_FILE, CatalogLookup
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 from shopsearch.data.schema import Dataset
-from shopsearch.errors import ConfigError
+from shopsearch.errors import ConfigError, FusionUnavailableError
 from shopsearch.export.onnx import export_onnx, read_signature
 from shopsearch.export.optimize import PARITY, ROW_BY_ROW, attention_shape, fuse_transformer, quantize_int8
 from shopsearch.export.parity import (
@@ -159,9 +159,15 @@ def artifact_chain(fp32: Path, source: SearchCheckpoint, data: RetrievalSet, opt
             raise ConfigError("build", "PRECISION", "fused: this encoder's layers have different head counts, which "
                               "ONNX Runtime's attention fusion cannot take; build fp32 or int8")
         if options.precision in ("fused", "int8") and shape is not None:
-            fused, fused_ops = fuse_transformer(fp32, work / "model.fused.onnx", *shape)
-            details["fused_operators"] = fused_ops
-            chain.append(("onnx_fused", fused))
+            try:
+                fused, fused_ops = fuse_transformer(fp32, work / "model.fused.onnx", *shape)
+                details["fused_operators"] = fused_ops
+                chain.append(("onnx_fused", fused))
+            except FusionUnavailableError as exc:
+                if options.precision == "fused":
+                    raise
+                # INT8 does not need the fusion, only runs faster with it: quantize the plain graph.
+                details["fused_operators"] = f"none: {exc}"
         elif options.precision == "int8":
             details["fused_operators"] = "none: head counts differ per layer"
         if options.precision == "int8":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from shopsearch.errors import ArtifactError
+from shopsearch.errors import FusionUnavailableError
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,10 @@ def fuse_transformer(fp32_path: Path, out_path: Path, num_heads: int, hidden_siz
         optimized = optimize_model(str(fp32_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
     fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     if not fused.get("Attention"):
-        raise ArtifactError(f"{fp32_path}: ONNX Runtime fused no Attention node (got {fused}); export with eager attention")
+        import onnxruntime
+
+        raise FusionUnavailableError(f"{fp32_path}: ONNX Runtime {onnxruntime.__version__} fused no Attention node "
+                                     f"(got {fused}); export with eager attention, or use ONNX Runtime >= 1.32")
     optimized.save_model_to_file(str(out_path))
     return out_path, fused
 

@@ -70,6 +70,7 @@ class TrainConfig:
     # from its weights with its own tokenizer, and its config sets the architecture (the vocab_size,
     # hidden_size, num_layers, num_heads, intermediate_size and max_positions above are not used).
     init_from: str = ""
+    device: str = ""  # "": CUDA where there is one, else the CPU; "cpu" / "cuda" to choose
     extra: dict = field(default_factory=dict)
 
 
@@ -312,7 +313,7 @@ class ContrastiveRun:
     def start(cls, model_cfg: EncoderConfig, cfg: TrainConfig, dataset: Dataset, rank: int, world: int,
               pretrained: BiEncoder | None, log, init: PretrainedEncoder | None = None) -> "ContrastiveRun":
         """`pretrained`: an MLM-pre-trained BERT to start from; `init`: a pretrained checkpoint's weights."""
-        device = training_device(rank)
+        device = training_device(rank, cfg.device)
         if cfg.amp_fp16 and device.type != "cuda":
             raise ConfigError("train", "amp_fp16", "fp16 autocast needs CUDA; use amp_bf16 on CPU")
         model = BiEncoder(model_cfg)  # the same seed on every rank: the same initial weights

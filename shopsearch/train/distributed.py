@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from shopsearch.errors import ConfigError
+
 
 def distributed_context() -> tuple[int, int]:
     """(rank, world size) under torchrun (WORLD_SIZE > 1 starts the process group: gloo on CPU,
@@ -37,11 +39,16 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def training_device(rank: int) -> torch.device:
-    """CUDA where there is one, else the CPU. On CUDA the device of this rank *on its host*:
-    torchrun's LOCAL_RANK (the global rank counts every host's GPUs; rank 9 of 2 hosts x 8 GPUs
-    is cuda:1), falling back to the rank in a single-host run without torchrun's variables."""
-    if torch.cuda.is_available():
+def training_device(rank: int, requested: str = "") -> torch.device:
+    """CUDA where there is one, else the CPU (`requested`: "cpu" or "cuda" to choose). On CUDA the
+    device of this rank *on its host*: torchrun's LOCAL_RANK (the global rank counts every host's
+    GPUs; rank 9 of 2 hosts x 8 GPUs is cuda:1), falling back to the rank in a single-host run
+    without torchrun's variables."""
+    if requested not in ("", "cpu", "cuda"):
+        raise ConfigError("train", "device", f"'{requested}' is not cpu or cuda (or empty: CUDA where there is one)")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train", "device", "cuda was asked for and torch sees no CUDA device")
+    if torch.cuda.is_available() and requested != "cpu":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     return torch.device("cpu")
 

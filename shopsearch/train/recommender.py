@@ -44,6 +44,7 @@ class RecTrainConfig:
     threads: int = 0
     mixed_precision: bool = False  # bf16 autocast on CPU; on CUDA `cuda_amp`
     cuda_amp: str = "fp16"  # on CUDA: "fp16" (with gradient scaling) or "bf16" (needs none)
+    device: str = ""  # "": CUDA where there is one, else the CPU; "cpu" / "cuda" to choose
     extra: dict = field(default_factory=dict)
 
 
@@ -84,7 +85,7 @@ def train_recommender(data: Interactions, cfg: RecTrainConfig, title_vectors: np
         raise ConfigError("train-rec", "batch_size", f"{cfg.batch_size} must divide among {world} ranks")
     if cfg.cuda_amp not in ("fp16", "bf16"):
         raise ConfigError("train-rec", "cuda_amp", f"'{cfg.cuda_amp}' is not fp16 or bf16")
-    device = training_device(rank)  # this host's GPU of this rank (LOCAL_RANK), not the global rank's
+    device = training_device(rank, cfg.device)  # this host's GPU of this rank (LOCAL_RANK), not the global rank's
     use_titles = cfg.use_titles and title_vectors is not None
     if cfg.use_titles and title_vectors is None:
         log("recommender: no title vectors for this data: id embeddings only (no cold-start vectors)")
