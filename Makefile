@@ -25,7 +25,13 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 URL ?= 127.0.0.1:$(HTTP_PORT)
+# The product API `make serve` starts beside tritonserver (what clients call; Triton stays internal)
+GATEWAY_PORT ?= 8080
+GATEWAY_URL ?= http://127.0.0.1:$(GATEWAY_PORT)
 Q ?= red running shoes
+# PROFILING=1: `make serve` leaves model configs and statistics open on loopback (perf_analyzer over
+# gRPC cannot send the admin key); `make perf-sweep` needs it.
+PROFILING ?= 0
 # e.g. SERVE_ARGS=--exit-after-ready: serve, answer the example queries, stop (a smoke test of `make demo`)
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
@@ -61,7 +67,7 @@ DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 # Test tiers (markers in pyproject.toml): the unit tier is every test without one.
 UNIT_TIER := not (training or multiprocess or integration or gpu or tensorrt)
 
-.PHONY: gpu-check gpu-wheels pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: bench-gateway gpu-check gpu-wheels pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -126,8 +132,9 @@ bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/bench_models.py --checkpoint $(CHECKPOINT) --repo $(REPO) --out reports/bench_models.json
 
-serve: venv ## start tritonserver on 127.0.0.1 with the models $(REPO)'s build lists, show example queries, wait for Ctrl-C
-	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(SERVE_ARGS)
+serve: venv ## start tritonserver on 127.0.0.1 with the models $(REPO)'s build lists and the product API on $(GATEWAY_URL), show example queries, wait for Ctrl-C
+	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		--gateway-port $(GATEWAY_PORT) $(if $(filter 1,$(PROFILING)),--profiling) $(SERVE_ARGS)
 
 deploy: venv ## publish $(CHECKPOINT) over DATA's catalog as the next generation of the running `make serve`, under traffic
 	$(BIN)/shopsearch deploy --repo $(REPO) --url $(URL) --checkpoint $(CHECKPOINT) $(DATA_ARGS)
@@ -144,8 +151,8 @@ eval-rec: venv ## popularity vs transitions vs our recommender (in-process + ser
 	$(BIN)/shopsearch evaluate-rec --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --checkpoint $(REC_CHECKPOINT) \
 		--out reports/eval_rec/$(DATA)
 
-query: venv ## search the running server: make query Q="red running shoes"
-	$(BIN)/shopsearch query --url $(URL) "$(Q)"
+query: venv ## search through the running product API: make query Q="red running shoes"
+	$(BIN)/shopsearch query --gateway $(GATEWAY_URL) "$(Q)"
 
 eval: venv ## served ensemble (own server, or URL=...) vs in-process vs BM25 on the dev split -> reports/eval/$(DATA)/ (ABLATION="label=checkpoint ...": training variants in the same run)
 	$(BIN)/shopsearch evaluate --repo $(REPO) $(DATA_ARGS) $(if $(filter command line,$(origin URL)),--url $(URL),--serve) \
@@ -160,7 +167,7 @@ ladder: venv $(PERF_QUERIES) ## the compression ladder in one run: RUNGS="label=
 artifacts/perf_data/%_queries.json: | venv
 	$(BIN)/shopsearch write-perf-queries $(DATA_ARGS) --out $@
 
-perf-sweep: venv $(PERF_QUERIES) ## perf_analyzer over gRPC for every model and the ensemble against the running server -> reports/perf_sweep/
+perf-sweep: venv $(PERF_QUERIES) ## perf_analyzer over gRPC for every model and the ensemble against the running `make serve PROFILING=1` -> reports/perf_sweep/
 	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT) --queries $(PERF_QUERIES)
 
 tune: venv $(PERF_QUERIES) ## sweep instances + dynamic batching per model of $(REPO) (own servers, perf_analyzer) -> $(TUNING), applied by build-repo
@@ -169,9 +176,12 @@ tune: venv $(PERF_QUERIES) ## sweep instances + dynamic batching per model of $(
 bench: venv $(PERF_QUERIES) ## served gRPC vs in-process, batching on vs off, compute share, CPU per query, HTTP vs gRPC on $(REPO) -> reports/bench/
 	$(PY) loadtests/bench_serving.py --repo $(REPO) --concurrency $(CONCURRENCY) --out reports/bench --queries $(PERF_QUERIES)
 
-loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (HTTP + gRPC users) against the running server; fails when loadtests/slo.toml is broken
+bench-gateway: venv ## q/s and p99 at $(CONCURRENCY) through the product API vs direct Triton gRPC on $(REPO) (own servers) -> reports/bench_gateway/
+	$(BIN)/shopsearch bench-gateway --repo $(REPO) $(DATA_ARGS) --concurrency $(CONCURRENCY) --out reports/bench_gateway
+
+loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (product API + direct Triton HTTP and gRPC users) against the running server; fails when loadtests/slo.toml is broken
 	mkdir -p reports/loadtest
-	SHOPSEARCH_GRPC_URL=127.0.0.1:$(GRPC_PORT) $(LOAD_VENV)/bin/locust -f loadtests/locustfile.py --headless \
+	SHOPSEARCH_GRPC_URL=127.0.0.1:$(GRPC_PORT) SHOPSEARCH_GATEWAY_URL=$(GATEWAY_URL) $(LOAD_VENV)/bin/locust -f loadtests/locustfile.py --headless \
 		-u $(USERS) -r $(USERS) -t $(DURATION) --stop-timeout 10 --host http://127.0.0.1:$(HTTP_PORT) \
 		--csv reports/loadtest/locust --html reports/loadtest/locust.html --only-summary
 	$(PY) loadtests/check_slo.py reports/loadtest/locust_stats.csv
@@ -195,7 +205,7 @@ endif
 test: venv $(LOAD_VENV)/.installed ## every test tier: unit, training, multiprocess, integration (real tritonserver); gpu + tensorrt skip with the reason
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-unit: venv ## the unit tier: trains nothing, starts no server (under 30 s on 2 cores; prints its time)
+test-unit: venv ## the unit tier: trains nothing, starts no server (under a minute on 2 cores; prints its time)
 	@TIMEFORMAT='unit tier: %R s wall'; time $(BIN)/pytest -m "$(UNIT_TIER)" $(PYTEST_ARGS)
 
 clean: ## remove trained and built artifacts and the built model_repository/ (keeps .venv)

@@ -1,4 +1,6 @@
-"""Locust users for the `search` ensemble: Triton's HTTP/JSON protocol and gRPC (tritonclient).
+"""Locust users for search: the product API a shop front end calls (`shopsearch gateway`, when
+SHOPSEARCH_GATEWAY_URL names one) and, for comparison, Triton directly over its HTTP/JSON protocol
+and gRPC (tritonclient).
 
 Queries are drawn from the committed dev-query mix; every response is validated (shape, non-empty
 product ids) and anything else is marked a failure. gRPC calls are reported through Locust's
@@ -27,6 +29,9 @@ QUERIES = [row["QUERY"]["content"][0] for row in json.loads(
 OUTPUTS = ("PRODUCT_IDS", "TITLES", "SCORES")
 MODEL = os.environ.get("SHOPSEARCH_MODEL", "search")
 CALL_TIMEOUT_S = 10.0  # a stuck call fails (and is counted) instead of holding its user forever
+# Locust's --host names Triton's HTTP port (it overrides every user's host), so the product API's
+# address comes from here, and its users are left out when it is not set.
+GATEWAY_URL = os.environ.get("SHOPSEARCH_GATEWAY_URL", "").rstrip("/")
 
 
 def validation_error(product_ids: list, shape: list) -> str | None:
@@ -45,6 +50,25 @@ def _exit_past_grpc_threads(exit_code, **_):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)
+
+
+class SearchGatewayUser(FastHttpUser):
+    """A shop front end: JSON to the product API, which validates it and calls Triton over gRPC."""
+
+    abstract = not GATEWAY_URL
+    wait_time = between(0.0, 0.02)
+
+    @task
+    def search(self):
+        with self.client.post(f"{GATEWAY_URL}/v1/search", json={"query": random.choice(QUERIES)}, name="gateway search",
+                              catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            hits = response.json()["results"][0]["hits"]
+            problem = validation_error([h["product_id"] for h in hits], [1, len(hits)])
+            if problem:
+                response.failure(problem)
 
 
 class SearchHttpUser(FastHttpUser):

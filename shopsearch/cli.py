@@ -48,22 +48,36 @@ def cmd_serve(args) -> None:
     # Explicit model control (for `make deploy` / `make rollback`) only behind the admin key.
     admin_key = None if args.no_model_control else ensure_admin_key(Path(args.admin_key_file))
     server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                          log_path=log_path, admin_key=admin_key)
+                          log_path=log_path, admin_key=admin_key, profiling=args.profiling)
     print(f"starting tritonserver on 127.0.0.1 with {repo} ...", flush=True)
     server.start(timeout=args.timeout)
+    gateway = None
+    if args.gateway_port:
+        from shopsearch.gateway.server import GatewayServer
+
+        gateway = GatewayServer(server.grpc_url, args.gateway_host, args.gateway_port).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         manifest = json.loads((repo / "build_manifest.json").read_text())
         dataset = manifest.get("catalog", {}).get("dataset", "synthetic")
-        client = SearchClient(server.http_url)
+        if gateway is not None:  # the example queries take the path clients take
+            from shopsearch.clients.gateway import GatewayClient
+
+            client = GatewayClient(gateway.url)
+        else:
+            client = SearchClient(server.http_url)
         queries = DEMO_QUERIES.get(dataset, DEMO_QUERIES["synthetic"])
         for query, hits in zip(queries, client.search(list(queries))):
             print_hits(query, hits[:5])
         client.close()
         if "recommend" in built_models(repo):
             show_recommendations(server.grpc_url)
+        if gateway is not None:
+            print(f"\nproduct API: {gateway.url}/v1/search  /v1/recommend  /v1/similar  (OpenAPI: {gateway.url}/openapi.json)\n"
+                  f"  curl -s {gateway.url}/v1/search -H 'content-type: application/json' -d '{{\"query\": \"cordless drill\"}}'",
+                  flush=True)
         print(
             f"\ntritonserver is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
             f"http://{server.host}:{server.metrics_port}/metrics\n"
@@ -76,6 +90,8 @@ def cmd_serve(args) -> None:
         # Restarts a dead server, reloads a model whose Python stub died (Triton heals neither).
         Supervisor(server, interval_s=args.probe_interval).run(stop)
     finally:
+        if gateway is not None:
+            gateway.stop()
         server.stop()
         print("tritonserver stopped")
 
@@ -146,6 +162,13 @@ def cmd_supervise(args) -> None:
 
 
 def cmd_query(args) -> None:
+    if args.gateway:
+        from shopsearch.clients.gateway import GatewayClient
+
+        with GatewayClient(args.gateway) as client:
+            for query, hits in zip(args.queries, client.search(args.queries, k=args.top)):
+                print_hits(query, hits)
+        return
     from shopsearch.clients.search import SearchClient
 
     client = SearchClient(args.url, args.protocol)
@@ -186,6 +209,27 @@ def cmd_ladder(args) -> None:
                         log=lambda m: print(m, flush=True))
     print(ladder_markdown(report))
     print("written: " + ", ".join(map(str, write_ladder(report, Path(args.out)))))
+
+
+def cmd_gateway(args) -> None:
+    from shopsearch.gateway.schema import GatewayLimits
+    from shopsearch.gateway.server import GatewayServer
+
+    limits = GatewayLimits() if args.rate is None else GatewayLimits(rate_per_s=args.rate, burst=max(1, int(2 * args.rate)))
+    gateway = GatewayServer(args.triton_grpc, args.host, args.port, limits)
+    print(f"product API on {gateway.url} (OpenAPI: {gateway.url}/openapi.json) -> Triton gRPC {args.triton_grpc}", flush=True)
+    gateway.serve_forever()
+
+
+def cmd_bench_gateway(args) -> None:
+    from shopsearch.data import load_dataset
+    from shopsearch.perf.bench_gateway import bench_gateway, report_markdown, write_report
+
+    queries = sorted(set(load_dataset(args.data, args.data_dir).split("dev")[0].values()))
+    report = bench_gateway(Path(args.repo), queries, args.concurrency, args.seconds, args.rounds,
+                           log=lambda m: print(m, flush=True))
+    print(report_markdown(report))
+    print("written: " + ", ".join(map(str, write_report(report, Path(args.out)))))
 
 
 def cmd_gpu_check(args) -> None:
@@ -292,7 +336,18 @@ def _server_commands(sub) -> None:
     p.add_argument("--admin-key-file", default=ADMIN_KEY_FILE, help="key guarding model load/unload (created 0600 if absent)")
     p.add_argument("--no-model-control", action="store_true", help="load the repository once; no deploys")
     p.add_argument("--probe-interval", type=float, default=5.0, help="seconds between the supervisor's probe queries")
+    p.add_argument("--profiling", action="store_true",
+                   help="leave model configs and statistics open on loopback for perf_analyzer (make perf-sweep)")
+    p.add_argument("--gateway-host", default="127.0.0.1", help="where the product API listens (0.0.0.0: every interface)")
+    p.add_argument("--gateway-port", type=int, default=8080, help="the product API clients call (0: none)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("gateway", help="the product API (search, recommend, similar) in front of a running Triton")
+    p.add_argument("--triton-grpc", default="127.0.0.1:8001", help="Triton's gRPC address (kept internal)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--rate", type=float, default=None, help="requests/s per client address (default: GatewayLimits)")
+    p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("supervise", help="watch a running server (a sidecar): reload a model whose Python stub died")
     p.add_argument("--url", default="127.0.0.1:8000")
@@ -325,6 +380,7 @@ def _deploy_commands(sub) -> None:
 def _query_commands(sub) -> None:
     p = sub.add_parser("query", help="search the served ensemble")
     p.add_argument("queries", nargs="+")
+    p.add_argument("--gateway", default=None, help="the product API's URL (e.g. http://127.0.0.1:8080); else Triton at --url")
     p.add_argument("--url", default="127.0.0.1:8000")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--top", type=int, default=10)
@@ -366,6 +422,16 @@ def _evaluation_commands(sub) -> None:
     p.add_argument("--tuning", default=None, help="instances and batching per model (the same for every rung)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_ladder)
+
+    p = sub.add_parser("bench-gateway", help="q/s and p99 through the product API vs direct Triton gRPC, gateway CPU per request")
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default="reports/bench_gateway")
+    p.set_defaults(func=cmd_bench_gateway)
 
     p = sub.add_parser("gpu-check", help="on a CUDA host: training in bf16 / fp16 vs the CPU, encoder speed, catalog vs the CPU artifact")
     p.add_argument("--dry-run", action="store_true", help="every step on the CPU at a tiny size (no CUDA call)")

@@ -145,7 +145,8 @@ def triton_server(built_repo, tmp_path_factory):
     from shopsearch.ops.server import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    server = TritonServer(built_repo, log_path=log)
+    # Profiling: the perf_analyzer and statistics tests run against this server too.
+    server = TritonServer(built_repo, log_path=log, profiling=True)
     server.start(timeout=180)
     yield server
     server.stop()

@@ -17,7 +17,8 @@ def documents():
 
 def test_every_manifest_passes_the_kubernetes_schema():
     docs = documents()
-    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                                         "NetworkPolicy"}
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -44,3 +45,20 @@ def test_the_deployment_runs_triton_as_the_project_does():
     assert {"--model-control-mode=explicit", "--load-model=*", *restricted_api_args("$(ADMIN_KEY)")} <= set(triton["args"])
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/models/search/ready"
     assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
+
+
+def test_clients_reach_the_gateway_and_triton_stays_internal():
+    """The Service for clients exposes only the product API; Triton's own ports are ClusterIP and
+    admitted only from operator pods (and metrics from Prometheus)."""
+    docs = documents()
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    gateway = containers["gateway"]
+    assert gateway["command"][:2] == ["shopsearch", "gateway"] and "127.0.0.1:8001" in gateway["command"]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/v1/ready"
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert [p["targetPort"] for p in services["shopsearch-api"]["spec"]["ports"]] == ["api"]
+    assert services["shopsearch-triton"]["spec"]["type"] == "ClusterIP"
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    open_rules = [r for r in policy["spec"]["ingress"] if "from" not in r]
+    assert [p["port"] for r in open_rules for p in r["ports"]] == [8080]

@@ -55,7 +55,7 @@ def data_dirs(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
 
 
 def make_demo(project: Path, data: str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
-    ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port()}
+    ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port(), "GATEWAY_PORT": free_port()}
     args = ["make", "--no-print-directory", "demo", f"DATA={data}",
             "RECIPE=training/recipes/tiny.toml", "REC_RECIPE=training/recipes/rec_tiny.toml", "SERVE_ARGS=--exit-after-ready",
             *(f"{k}={v}" for k, v in ports.items()), *([f"DATA_DIR={data_dir}"] if data_dir else [])]
@@ -77,6 +77,7 @@ def test_the_default_demo_builds_and_serves_search_and_recommendations(project):
     listed, on_disk = built(project)
     assert sorted(listed) == sorted(SEARCH_MODELS + REC_MODELS) == on_disk
     assert "tritonserver is ready" in result.stdout and "recommend after" in result.stdout
+    assert "product API: http://127.0.0.1:" in result.stdout  # the example queries went through it
 
 
 def test_a_search_only_build_over_it_holds_and_serves_only_its_own_models(project, data_dirs):

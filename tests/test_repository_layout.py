@@ -48,7 +48,11 @@ def test_the_server_loads_exactly_the_models_the_build_lists(unit_repo):
     assert sorted(arg.split("=", 1)[1] for arg in command if arg.startswith("--load-model=")) == sorted(SEARCH + RECS)
     # Without an admin key the model-control API is still locked: with a key nobody is given.
     locked = TritonServer(unit_repo).command()
-    assert [a for a in locked if a.startswith("--http-restricted-api=model-repository:admin-key=")]
+    assert [a for a in locked if a.startswith("--http-restricted-api=model-repository,model-config,logging,trace,"
+                                              "shared-memory,statistics:admin-key=")]
+    # A server started for profiling leaves what perf_analyzer reads over gRPC open, nothing else.
+    profiling = TritonServer(unit_repo, profiling=True).command()
+    assert [a for a in profiling if a.startswith("--grpc-restricted-protocol=model-repository,logging,trace,shared-memory:")]
 
 
 def test_a_repository_whose_manifest_lists_no_models_is_refused_with_what_to_do(unit_repo, tmp_path):

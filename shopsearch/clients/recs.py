@@ -12,6 +12,30 @@ from shopsearch.serving.tensors import (
 )
 
 
+REC_OUTPUTS = (PRODUCT_IDS, TITLES, SCORES, UNKNOWN_IDS, STRATEGY)
+
+
+def _tensor(module, name: str, array: np.ndarray, dtype: str):
+    tensor = module.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def rec_request(module, ids_input: str, rows: Sequence[Sequence[str]], top_k: int | None = None,
+                exclude: Sequence[Sequence[str]] | None = None):
+    """`recommend` / `similar_items` inputs and outputs, for any tritonclient flavour."""
+    inputs = [_tensor(module, ids_input, id_rows(rows), "BYTES")]
+    if top_k is not None:
+        inputs.append(_tensor(module, TOPK, np.full((len(rows), 1), top_k, dtype=np.int32), "INT32"))
+    if exclude is not None:
+        inputs.append(_tensor(module, EXCLUDE, id_rows(exclude), "BYTES"))
+    return inputs, [module.InferRequestedOutput(n) for n in REC_OUTPUTS]
+
+
+def rec_answers(result) -> list[Recommendation]:
+    return decode_recommendations(*(result.as_numpy(n) for n in REC_OUTPUTS))
+
+
 class RecClient:
     def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 60.0):
         if protocol not in ("http", "grpc"):
@@ -26,24 +50,11 @@ class RecClient:
             self._client = module.InferenceServerClient(url)
         self._module, self.protocol, self.timeout_s = module, protocol, timeout_s
 
-    def _tensor(self, name: str, array: np.ndarray, dtype: str):
-        tensor = self._module.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        return tensor
-
     def infer(self, model: str, ids_input: str, rows: Sequence[Sequence[str]], top_k: int | None = None,
               exclude: Sequence[Sequence[str]] | None = None) -> list[Recommendation]:
-        ids = id_rows(rows)
-        inputs = [self._tensor(ids_input, ids, "BYTES")]
-        if top_k is not None:
-            inputs.append(self._tensor(TOPK, np.full((len(rows), 1), top_k, dtype=np.int32), "INT32"))
-        if exclude is not None:
-            inputs.append(self._tensor(EXCLUDE, id_rows(exclude), "BYTES"))
-        names = (PRODUCT_IDS, TITLES, SCORES, UNKNOWN_IDS, STRATEGY)
-        outputs = [self._module.InferRequestedOutput(n) for n in names]
+        inputs, outputs = rec_request(self._module, ids_input, rows, top_k, exclude)
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        result = self._client.infer(model, inputs, outputs=outputs, **kwargs)
-        return decode_recommendations(*(result.as_numpy(n) for n in names))
+        return rec_answers(self._client.infer(model, inputs, outputs=outputs, **kwargs))
 
     def recommend(self, histories: Sequence[Sequence[str]], top_k: int | None = None,
                   exclude: Sequence[Sequence[str]] | None = None) -> list[Recommendation]:

@@ -22,6 +22,27 @@ def is_transient(error: Exception) -> bool:
     return isinstance(error, (ConnectionError, OSError)) or any(marker in text for marker in TRANSIENT)
 
 
+def query_batch(queries: Sequence[str | bytes]) -> np.ndarray:
+    """[batch, 1] object array of UTF-8 bytes: the ensemble's QUERY tensor."""
+    return np.array([[q.encode("utf-8") if isinstance(q, str) else q] for q in queries], dtype=object)
+
+
+def search_request(module, queries: np.ndarray, top_k: int | None):
+    """The `search` ensemble's inputs and outputs, for any tritonclient flavour (http, grpc, grpc.aio)."""
+    tensor = module.InferInput(QUERY, list(queries.shape), "BYTES")
+    tensor.set_data_from_numpy(queries)
+    inputs = [tensor]
+    if top_k is not None:
+        k = module.InferInput(TOPK, [queries.shape[0], 1], "INT32")
+        k.set_data_from_numpy(np.full((queries.shape[0], 1), top_k, dtype=np.int32))
+        inputs.append(k)
+    return inputs, [module.InferRequestedOutput(n) for n in (PRODUCT_IDS, TITLES, SCORES)]
+
+
+def search_hits(result) -> list[list[Hit]]:
+    return decode_hits(result.as_numpy(PRODUCT_IDS), result.as_numpy(TITLES), result.as_numpy(SCORES))
+
+
 class SearchClient:
     """`retry_s` > 0: transient failures (see TRANSIENT) are retried with exponential backoff for up
     to that many seconds; a client error (bad input) is never retried."""
@@ -57,22 +78,13 @@ class SearchClient:
                 delay = min(delay * 2, 1.0)
 
     def _infer_once(self, queries: np.ndarray, top_k: int | None):
-        tensor = self._module.InferInput(QUERY, list(queries.shape), "BYTES")
-        tensor.set_data_from_numpy(queries)
-        inputs = [tensor]
-        if top_k is not None:
-            k = self._module.InferInput(TOPK, [queries.shape[0], 1], "INT32")
-            k.set_data_from_numpy(np.full((queries.shape[0], 1), top_k, dtype=np.int32))
-            inputs.append(k)
-        outputs = [self._module.InferRequestedOutput(n) for n in (PRODUCT_IDS, TITLES, SCORES)]
+        inputs, outputs = search_request(self._module, queries, top_k)
         if self.protocol == "grpc":
             return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
         return self._client.infer(self.model, inputs, outputs=outputs)
 
     def search(self, queries: Sequence[str | bytes], top_k: int | None = None) -> list[list[Hit]]:
-        batch = np.array([[q.encode("utf-8") if isinstance(q, str) else q] for q in queries], dtype=object)
-        result = self.infer_raw(batch, top_k)
-        return decode_hits(result.as_numpy(PRODUCT_IDS), result.as_numpy(TITLES), result.as_numpy(SCORES))
+        return search_hits(self.infer_raw(query_batch(queries), top_k))
 
     def is_ready(self) -> bool:
         return self._client.is_server_ready() and self._client.is_model_ready(self.model)

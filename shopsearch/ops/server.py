@@ -104,6 +104,33 @@ def stub_processes(server_pid: int) -> dict[int, str]:
     return stubs
 
 
+def process_group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_process_group(group: int, grace_s: float = 5.0) -> bool:
+    """SIGTERM every process left in `group`, SIGKILL what outlives `grace_s`; True when some were left."""
+    if not process_group_alive(group):
+        return False
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.time() + wait_s
+        while time.time() < deadline:
+            if not process_group_alive(group):
+                return True
+            time.sleep(0.05)
+    return True
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time a running process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -116,9 +143,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def restricted_api_args(admin_key: str) -> list[str]:
-    """Triton's model-repository API (load, unload, index) only with `admin_key` in the header."""
-    restricted = f"model-repository:{ADMIN_HEADER}={admin_key}"
+# Every Triton API group but health, metadata and inference needs the admin key, over HTTP (header
+# `admin-key`) and gRPC (metadata `triton-grpc-protocol-admin-key`: Triton prefixes the name).
+RESTRICTED_API_GROUPS = ("model-repository", "model-config", "logging", "trace", "shared-memory", "statistics")
+# perf_analyzer reads model configs and statistics over gRPC, where it cannot send a header (its -H
+# is HTTP only): a server started for profiling (`make tune` / `bench` / `ladder`'s own servers,
+# `make serve PROFILING=1` for `make perf-sweep`) leaves these two open on its loopback address.
+PROFILING_OPEN_GROUPS = ("model-config", "statistics")
+GRPC_ADMIN_METADATA = f"triton-grpc-protocol-{ADMIN_HEADER}"
+
+
+def restricted_api_args(admin_key: str, profiling: bool = False) -> list[str]:
+    """The restricted groups (less PROFILING_OPEN_GROUPS when `profiling`) behind `admin_key`."""
+    groups = [g for g in RESTRICTED_API_GROUPS if not (profiling and g in PROFILING_OPEN_GROUPS)]
+    restricted = f"{','.join(groups)}:{ADMIN_HEADER}={admin_key}"
     return [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
 
 
@@ -134,7 +172,8 @@ class TritonServer:
 
     def __init__(self, repository: Path, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
-                 log_path: Path | None = None, extra_args: tuple[str, ...] = (), admin_key: str | None = None):
+                 log_path: Path | None = None, extra_args: tuple[str, ...] = (), admin_key: str | None = None,
+                 profiling: bool = False):
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port = http_port or free_port(host)
@@ -142,6 +181,7 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port(host)
         self.log_path = log_path
         self.extra_args = extra_args
+        self.profiling = profiling  # model configs and statistics open to perf_analyzer (see PROFILING_OPEN_GROUPS)
         self.admin_key = admin_key
         self.process: subprocess.Popen | None = None
         self._log_handle = None
@@ -176,7 +216,7 @@ class TritonServer:
         load = [f"--load-model={model}" for model in built_models(self.repository)]
         # Without an admin key, model control is locked with a key nobody is told: the models load
         # at start and the repository cannot change.
-        return ["--model-control-mode=explicit", *load, *restricted_api_args(self.admin_key or secrets.token_urlsafe(32))]
+        return ["--model-control-mode=explicit", *load, *restricted_api_args(self.admin_key or secrets.token_urlsafe(32), self.profiling)]
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         install = find_triton()
@@ -229,14 +269,19 @@ class TritonServer:
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None:
             return
+        group = self.process.pid  # started in a session of its own: it leads the group its stubs share
         if self.process.poll() is None:
             # SIGINT lets tritonserver unload models and stop the Python stubs cleanly.
-            os.killpg(self.process.pid, signal.SIGINT)
+            os.killpg(group, signal.SIGINT)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
                 self.process.wait(10)
+        # A server that crashed (or was killed alone) leaves its Python-backend stubs running,
+        # re-parented to init, each holding its model's memory (measured: ~300 MB per ranker stub);
+        # a restart would then run beside them. Whatever is left of the group ends here.
+        end_process_group(group)
         self.process = None
         if self._log_handle:
             self._log_handle.close()

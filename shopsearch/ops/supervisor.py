@@ -53,7 +53,7 @@ class Supervisor:
         headers = {ADMIN_HEADER: self.admin_key}
         client = httpclient.InferenceServerClient(self.http_url, network_timeout=300)
         try:
-            config = client.get_model_config(model)
+            config = client.get_model_config(model, headers=headers)
             config.setdefault("parameters", {})["reload_nonce"] = {"string_value": f"{time.time():.6f}"}
             client.load_model(model, headers=headers, config=json.dumps(config))
         finally:

@@ -21,6 +21,16 @@ from shopsearch.serving.steps import serving_thread_limits
 from shopsearch.triton.repository import read_version_params
 
 
+def missing_inputs(arrays: list[dict[str, np.ndarray]], required: list[str]) -> dict[int, str]:
+    """Request index -> the first required input it lacks, for the requests that lack one."""
+    missing = {}
+    for index, request in enumerate(arrays):
+        absent = [name for name in required if name not in request]
+        if absent:
+            missing[index] = absent[0]
+    return missing
+
+
 class TritonStepModel:
     """Base for every Python-backend model; subclasses set `step_name`."""
 
@@ -35,6 +45,9 @@ class TritonStepModel:
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
         self.input_names = [i["name"] for i in config["input"]]
+        # Triton checks only how many inputs a request has when some are optional (measured on 2.51:
+        # TOPK plus one of postprocess's two candidate inputs got through), so each is checked here.
+        self.required_inputs = [i["name"] for i in config["input"] if not i.get("optional", False)]
         self.output_names = [o["name"] for o in config["output"]]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
@@ -95,12 +108,26 @@ class TritonStepModel:
     def execute(self, requests):
         try:
             arrays = [self._read(r) for r in requests]
-            outcomes = self.step.run(arrays)
-        except ShopSearchError as exc:
-            return [self._error(str(exc), isinstance(exc, InvalidInputError)) for _ in requests]
-        except Exception:  # noqa: BLE001 - never let a bug take the model down; log it, fail the batch
+        except Exception:  # noqa: BLE001 - an input Triton let through that numpy cannot take
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
             return [self._error(f"internal error in {self.model_name}", client_fault=False) for _ in requests]
+        missing = missing_inputs(arrays, self.required_inputs)
+        served = [a for i, a in enumerate(arrays) if i not in missing]
+        answers = iter(self._execute(served) if served else [])
+        return [self._missing(missing[i]) if i in missing else next(answers) for i in range(len(arrays))]
+
+    def _missing(self, name: str):
+        error = InvalidInputError(self.model_name, name, "is missing (call the ensemble, not its steps)")
+        return self._error(str(error), client_fault=True)
+
+    def _execute(self, arrays: list[dict[str, np.ndarray]]):
+        try:
+            outcomes = self.step.run(arrays)
+        except ShopSearchError as exc:
+            return [self._error(str(exc), isinstance(exc, InvalidInputError)) for _ in arrays]
+        except Exception:  # noqa: BLE001 - never let a bug take the model down; log it, fail the batch
+            self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+            return [self._error(f"internal error in {self.model_name}", client_fault=False) for _ in arrays]
         self._record(arrays, outcomes)
         responses = []
         for outcome in outcomes:
