@@ -52,14 +52,14 @@ def cmd_serve(args) -> None:
     print(f"starting tritonserver on 127.0.0.1 with {repo} ...", flush=True)
     server.start(timeout=args.timeout)
     gateway = None
-    if args.gateway_port:
-        from shopsearch.gateway.server import GatewayServer
-
-        gateway = GatewayServer(server.grpc_url, args.gateway_host, args.gateway_port).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        if args.gateway_port:
+            from shopsearch.gateway.server import GatewayServer
+
+            gateway = GatewayServer(server.grpc_url, args.gateway_host, args.gateway_port).start()
         manifest = json.loads((repo / "build_manifest.json").read_text())
         dataset = manifest.get("catalog", {}).get("dataset", "synthetic")
         if gateway is not None:  # the example queries take the path clients take

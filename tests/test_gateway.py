@@ -209,3 +209,25 @@ def test_the_gateway_benchmark_harness_counts_answers_and_failures():
     text = report_markdown({"concurrency": 4, "median": median, "throughput_ratio": 0.9, "p99_ratio": 1.1,
                             "latency_added_ms_p50": 0.3, "goal": "x", "goal_met": True, "rounds": {"gateway": [row]}})
     assert "| gateway |" in text and "0.900x q/s" in text
+
+
+def test_the_gateway_server_runs_under_uvicorn_and_refuses_a_taken_port():
+    import socket
+
+    import httpx
+
+    from shopsearch.errors import ServerError
+    from shopsearch.gateway.server import GatewayServer
+    from shopsearch.ops.server import free_port
+
+    with GatewayServer("unused:0", port=free_port(), backend=RecordingBackend()) as gateway:
+        answer = httpx.post(f"{gateway.url}/v1/search", json={"query": "tent", "k": 2}, timeout=10)
+        assert answer.status_code == 200 and len(answer.json()["results"][0]["hits"]) == 2
+        deep = httpx.post(f"{gateway.url}/v1/search", content=b"[" * 100_000, timeout=10,
+                          headers={"content-type": "application/json"})
+        assert deep.status_code == 413
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ServerError, match="did not start"):
+            GatewayServer("unused:0", port=taken.getsockname()[1], backend=RecordingBackend()).start(timeout=10)

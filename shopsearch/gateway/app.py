@@ -22,7 +22,7 @@ from shopsearch.gateway.schema import (
     SearchResult, SimilarRequest,
 )
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 415, 429, 503, 504)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 415, 429, 502, 503, 504)}
 
 
 def _field(error: dict) -> str:

@@ -14,7 +14,9 @@ from shopsearch.build.recs import MAX_K, MAX_SEEN
 
 @dataclass(frozen=True)
 class GatewayLimits:
-    """What one request may ask for; beyond any of these the answer is a 4xx naming the limit."""
+    """What one request may ask for; beyond any of these the answer is a 4xx naming the limit. The
+    request schema below is built from these defaults (query, batch, history, k are part of the
+    published API document); an instance's own values set the guard, the rate and the timeout."""
 
     max_body_bytes: int = 64 * 1024
     max_json_depth: int = 8  # the schema needs 3; a deeply nested body is refused before it is parsed

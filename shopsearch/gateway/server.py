@@ -29,8 +29,15 @@ class GatewayServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def _run(self) -> None:
+        try:
+            self._server.run()
+        except BaseException as exc:  # noqa: BLE001 - uvicorn exits (SystemExit) when it cannot bind
+            self._failure = exc
+
     def start(self, timeout: float = 30.0) -> "GatewayServer":
-        self._thread = threading.Thread(target=self._server.run, name="gateway", daemon=True)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
         self._thread.start()
         deadline = time.time() + timeout
         while not self._server.started:
