@@ -136,7 +136,9 @@ def test_a_server_that_dies_alone_leaves_no_stub_running_after_stop(throwaway, s
     assert stubs
     died, orphans, held = crash_and_clean_up(server, lambda: os.kill(server.process.pid, sig))
     print(f"\n{sig.name}: {orphans} of {len(stubs)} stubs outlived the server, {held:.0f} MB, all ended by stop()")
-    assert died and orphans == len(stubs)
+    # Left alone, the orphans live on (a stub may notice its parent is gone and leave by itself:
+    # 8 or 9 of 9 were still there when counted); crash_and_clean_up asserted none survive stop().
+    assert died and orphans > 0
 
 
 @pytest.mark.parametrize("path", ["/v2/logging", "/v2/trace/setting", "/v2/systemsharedmemory/status",
