@@ -14,6 +14,7 @@ CHECKPOINT ?= artifacts/checkpoints/$(DATA)
 REPO ?= model_repository
 TARGET ?= cpu
 PRECISION ?= int8
+INDEX ?=
 GPU_BACKEND ?= tensorrt
 # 1: TensorRT engines that load under later TensorRT releases too (a plan is otherwise tied to the
 # TensorRT that built it; the build records that version and refuses a plan from another one)
@@ -67,7 +68,7 @@ DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 # Test tiers (markers in pyproject.toml): the unit tier is every test without one.
 UNIT_TIER := not (training or multiprocess or integration or gpu or tensorrt)
 
-.PHONY: bench-gateway gpu-check gpu-wheels pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: bench-scale bench-gateway gpu-check gpu-wheels pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -122,11 +123,11 @@ train-rec: venv ## train the sequential recommender on DATA's interactions into 
 train-reranker: venv ## stage 2 only: re-train the hybrid re-ranker on $(CHECKPOINT)'s bi-encoder (recipe needs rerank_holdout)
 	$(PY) training/train_search.py --recipe $(RECIPE) --out $(CHECKPOINT) $(DATA_ARGS) --reranker-only
 
-build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8, GPU_BACKEND=tensorrt|onnxruntime), parity-gate, lay out $(REPO)
+build-repo: venv ## export + optimize (TARGET=cpu|gpu, PRECISION=fp32|fused|int8, GPU_BACKEND=tensorrt|onnxruntime, INDEX=exact|ivf|hnsw), parity-gate, lay out $(REPO)
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) build/build_repo.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(REPO) --top-k $(TOP_K) \
 		--target $(TARGET) --precision $(PRECISION) --gpu-backend $(GPU_BACKEND) --threads $(THREADS) $(DATA_ARGS) \
-		$(if $(filter 1,$(TRT_VERSION_COMPATIBLE)),--trt-version-compatible) $(if $(wildcard $(TUNING)),--tuning $(TUNING)) $(if $(wildcard $(REC_CHECKPOINT)/recommender.pt),--rec-checkpoint $(REC_CHECKPOINT))
+		$(if $(INDEX),--index $(INDEX)) $(if $(filter 1,$(TRT_VERSION_COMPATIBLE)),--trt-version-compatible) $(if $(wildcard $(TUNING)),--tuning $(TUNING)) $(if $(wildcard $(REC_CHECKPOINT)/recommender.pt),--rec-checkpoint $(REC_CHECKPOINT))
 
 bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP32 / fused / fused+INT8
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
@@ -178,6 +179,10 @@ bench: venv $(PERF_QUERIES) ## served gRPC vs in-process, batching on vs off, co
 
 bench-gateway: venv ## q/s and p99 at $(CONCURRENCY) through the product API vs direct Triton gRPC on $(REPO) (own servers) -> reports/bench_gateway/
 	$(BIN)/shopsearch bench-gateway --repo $(REPO) $(DATA_ARGS) --concurrency $(CONCURRENCY) --out reports/bench_gateway
+
+bench-scale: venv ## catalog search cost at 20k / 200k / 2M products per index (SIZES=, KINDS=exact,ivf,hnsw; about 2 h on 2 cores) -> loadtests/results/bench_scale_cpu_2core.*
+	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
+	$(PY) loadtests/bench_scale.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) $(if $(SIZES),--sizes $(SIZES)) $(if $(KINDS),--kinds $(KINDS))
 
 loadtest: venv $(LOAD_VENV)/.installed ## headless Locust (product API + direct Triton HTTP and gRPC users) against the running server; fails when loadtests/slo.toml is broken
 	mkdir -p reports/loadtest

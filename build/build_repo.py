@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-backend", default=BuildOptions.gpu_backend, help="gpu target embedder: tensorrt or onnxruntime")
     parser.add_argument("--trt-version-compatible", action="store_true",
                         help="gpu target, tensorrt: build engines later TensorRT releases can load too")
+    parser.add_argument("--index", help="catalog search: exact, ivf or hnsw; overrides the recipe's [index] kind")
     parser.add_argument("--rec-checkpoint", type=Path, help="recommender checkpoint: also build recommend + similar_items")
     parser.add_argument("--tuning", type=Path, help="instances and dynamic batching per model, written by `make tune`")
     args = parser.parse_args(argv)
@@ -36,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         tuning = Tuning.load(args.tuning) if args.tuning else None
         if tuning:
             print(f"tuning from {args.tuning}: " + "; ".join(f"{m} {s.label()}" for m, s in sorted(tuning.models.items())), flush=True)
-        dataset = load_recipe(args.recipe).dataset(args.data, args.data_dir)
+        recipe = load_recipe(args.recipe)
+        dataset = recipe.dataset(args.data, args.data_dir)
         report = build_repository(args.checkpoint, dataset, args.out, args.work / dataset.name,
                                   BuildOptions(target=args.target, precision=args.precision, gpu_backend=args.gpu_backend,
-                                               trt_version_compatible=args.trt_version_compatible, top_k=args.top_k, intra_op_threads=args.threads),
+                                               trt_version_compatible=args.trt_version_compatible, top_k=args.top_k, intra_op_threads=args.threads,
+                                               index=recipe.index_spec(args.index), **recipe.serving_options()),
                                   log=lambda m: print(m, flush=True), tuning=tuning, rec_checkpoint=args.rec_checkpoint)
     except ShopSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -38,6 +38,15 @@ class FusionUnavailableError(ArtifactError):
     e.g. 1.23, the newest for Python 3.10, do not match the graph today's torch and transformers export)."""
 
 
+class IndexRecallError(ArtifactError):
+    """An approximate catalog index found too few of exact search's top 100 on the dev queries."""
+
+    def __init__(self, kind: str, recall: float, threshold: float, queries: int):
+        self.recall, self.threshold = recall, threshold
+        super().__init__(f"ranker: the {kind} index's recall@100 against exact search is {recall:.4f} on {queries} dev "
+                         f"queries, below [index].min_recall {threshold}; probe more (nprobe / ef_search) or use INDEX=exact")
+
+
 class ExportParityError(ShopSearchError):
     """An exported model's outputs drifted from the source model beyond its declared bounds.
 

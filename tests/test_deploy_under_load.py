@@ -117,6 +117,16 @@ class SteadyLoad:
         return float(np.percentile(window, 99) * 1000) if window else float("nan")
 
 
+def search_cache_hits(server: TritonServer) -> int:
+    """Response-cache hits of every loaded version of the search ensemble (statistics need the key)."""
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        stats = client.get_inference_statistics("search", headers={"admin-key": ADMIN_KEY})["model_stats"]
+    finally:
+        client.close()
+    return sum(int(s["inference_stats"]["cache_hit"]["count"]) for s in stats)
+
+
 def _expected(repo: Path, generation: int, queries: list[str]) -> dict[str, tuple[list[str], np.ndarray]]:
     hits = InProcessEnsemble.from_repository(repo, generation=generation).search(queries)
     return {q: ([h.product_id for h in row], np.array([h.score for h in row], dtype=np.float32)) for q, row in zip(queries, hits)}
@@ -149,6 +159,8 @@ def test_catalog_and_embedder_swap_and_rollback_under_load_fail_no_request(ops_s
         generation = publish(ops_repo, next_generation, control, log=lambda m: None)
         t_published = time.perf_counter()
         time.sleep(3)
+        # Counted since the publish reloaded `search` (a reload starts its statistics afresh).
+        hits_after_publish = search_cache_hits(ops_server)
         t_rollback = time.perf_counter()
         rolled_to = rollback(ops_repo, control, log=lambda m: None)
         t_rolled = time.perf_counter()
@@ -166,6 +178,11 @@ def test_catalog_and_embedder_swap_and_rollback_under_load_fail_no_request(ops_s
           f"rollback {1000 * (t_rolled - t_rollback):.0f} ms, after rollback {load.p99_ms(t_rolled, t_end):.0f}")
     assert load.failures == []
     assert versions["1"] > 50 and versions["2"] > 50
+    # 30 queries repeated: after the publish most answers came from Triton's response cache, and
+    # still every one below matches its own generation: the new generation never served an answer
+    # the previous one had cached (the key holds the ensemble's version).
+    after_publish = sum(t_published <= started < t_rollback for started, *_ in load.responses)
+    assert hits_after_publish > after_publish // 2, (hits_after_publish, after_publish)
     mismatched = []
     for started, version, query, ids, scores in load.responses:
         want_ids, want_scores = expected[int(version)][query]

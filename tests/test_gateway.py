@@ -22,8 +22,8 @@ class RecordingBackend:
         if self.fail:
             raise self.fail
 
-    async def search(self, queries, k):
-        self._called("search", queries, k)
+    async def search(self, queries, k, collapse=True):
+        self._called("search", queries, k, collapse)
         return [[Hit(f"P{i}", f"{q} {i}", 1.0 - i / 10) for i in range(k)] for q in queries]
 
     async def recommend(self, history, k, exclude):
@@ -52,12 +52,13 @@ def test_valid_requests_get_typed_answers(api):
     client, backend = api
     one = client.post("/v1/search", json={"query": "  cordless drill ", "k": 3}).json()
     assert one["results"][0]["query"] == "cordless drill" and len(one["results"][0]["hits"]) == 3
-    many = client.post("/v1/search", json={"queries": ["tent", "lamp"]}).json()
+    many = client.post("/v1/search", json={"queries": ["tent", "lamp"], "collapse": False}).json()
     assert [r["query"] for r in many["results"]] == ["tent", "lamp"] and len(many["results"][1]["hits"]) == 10
     rec = client.post("/v1/recommend", json={"history": ["P1", "P2"], "k": 5, "exclude": ["P3"]}).json()
     assert rec == {"items": [{"product_id": "P9", "title": "nine", "score": 0.9}], "strategy": "model", "unknown_ids": ["unknown-1"]}
     assert client.post("/v1/similar", json={"item_id": "P1"}).status_code == 200
-    assert backend.calls == [("search", ["cordless drill"], 3), ("search", ["tent", "lamp"], 10),
+    assert client.post("/v1/search", json={"query": "tent", "collapse": "no"}).status_code == 400  # strict: a bool
+    assert backend.calls == [("search", ["cordless drill"], 3, True), ("search", ["tent", "lamp"], 10, False),
                              ("recommend", ["P1", "P2"], 5, ["P3"]), ("similar", "P1", 10, [])]
 
 
@@ -173,7 +174,7 @@ def test_the_openapi_document_comes_from_the_schema(api):
     document = client.get("/openapi.json").json()
     assert set(document["paths"]) == {"/v1/search", "/v1/recommend", "/v1/similar", "/v1/ready"}
     search = document["components"]["schemas"]["SearchRequest"]
-    assert search["additionalProperties"] is False and {"query", "queries", "k"} == set(search["properties"])
+    assert search["additionalProperties"] is False and {"query", "queries", "k", "collapse"} == set(search["properties"])
     assert "400" in document["paths"]["/v1/search"]["post"]["responses"]
 
 

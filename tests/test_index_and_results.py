@@ -84,6 +84,34 @@ def test_finalize_dedupes_keeps_best_score_and_breaks_ties_by_product_id():
     assert [(h.product_id, round(h.score, 2)) for h in hits] == [("p1", 0.9), ("p2", 0.9), ("p3", 0.7)]
 
 
+def test_collapse_keeps_the_best_ranked_listing_of_each_title_and_refills_from_below():
+    # The Home Depot case: one deck-screw title under three product ids.
+    screws = "Grip-Rite #9 x 3 in. Star Bugle-Head Composite Deck Screws (5 lb.-Pack)"
+    catalog = CatalogLookup(["A", "B", "C", "D", "E"], [screws, "Deck Stain", f"  {screws.upper()} ", screws, "Hammer"])
+    assert catalog.groups.tolist() == [0, 1, 0, 0, 4]
+    rows, scores = np.array([[2, 0, 3, 1, 4]]), np.array([[0.9, 0.8, 0.7, 0.6, 0.5]], np.float32)
+    assert [h.product_id for h in catalog.finalize(rows, scores, 5)[0]] == ["C", "A", "D", "B", "E"]
+    collapsed = catalog.finalize(rows, scores, 3, collapse=True)[0]
+    assert [(h.product_id, h.score) for h in collapsed] == [("C", pytest.approx(0.9)), ("B", pytest.approx(0.6)),
+                                                            ("E", pytest.approx(0.5))]
+
+
+def test_the_postprocess_step_collapses_unless_the_request_says_false():
+    from shopsearch.errors import InvalidInputError
+    from shopsearch.serving.steps import PostprocessStep
+    from shopsearch.serving.tensors import CANDIDATE_INDICES, CANDIDATE_SCORES, COLLAPSE, PRODUCT_IDS
+
+    step = PostprocessStep(CatalogLookup(["A", "B", "C"], ["Tent", "tent", "Lamp"]), top_k=3, max_k=3)
+    request = {CANDIDATE_INDICES: np.array([[1, 0, 2]]), CANDIDATE_SCORES: np.array([[0.9, 0.8, 0.7]], np.float32)}
+    default, kept, bad = step.run([dict(request), {**request, COLLAPSE: np.array([[False]])},
+                                   {**request, COLLAPSE: np.array([[True], [False]])}])
+    assert default[PRODUCT_IDS][0].tolist() == [b"B", b"C", b""]
+    assert kept[PRODUCT_IDS][0].tolist() == [b"B", b"A", b"C"]
+    assert isinstance(bad, InvalidInputError) and "COLLAPSE" in str(bad)
+    off_by_default = PostprocessStep(step.catalog, top_k=3, max_k=3, collapse=False)
+    assert off_by_default.run([dict(request)])[0][PRODUCT_IDS][0].tolist() == [b"B", b"A", b"C"]
+
+
 def test_hits_to_arrays_pads_short_rows_with_empty_ids():
     catalog = CatalogLookup(["a", "b"], ["Alpha", "Bêta"])
     hits = catalog.finalize(np.array([[1, 0]]), np.array([[0.2, 0.1]], dtype=np.float32), top_k=4)

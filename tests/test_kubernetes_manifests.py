@@ -43,6 +43,13 @@ def test_the_deployment_runs_triton_as_the_project_does():
     # synced repository is one build's output, which holds exactly the models that build made, so
     # loading all of it loads the build manifest's list.
     assert {"--model-control-mode=explicit", "--load-model=*", *restricted_api_args("$(ADMIN_KEY)")} <= set(triton["args"])
+    # The response cache the shipped recipes' builds ask for (BuildOptions' default size too).
+    from shopsearch.build.options import BuildOptions
+    from shopsearch.train.recipes import RECIPE_DIR, load_recipe
+
+    for recipe in ("synthetic.toml", "homedepot.toml"):
+        assert load_recipe(RECIPE_DIR / recipe).serving_options()["response_cache_mb"] == BuildOptions().response_cache_mb
+    assert f"--cache-config=local,size={BuildOptions().response_cache_mb << 20}" in triton["args"]
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/models/search/ready"
     assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
 

@@ -1,5 +1,6 @@
 """Generated configs against committed golden files, plus generate -> parse round trips."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,8 @@ def rec_models():
 def all_configs():
     """Every config a build can emit: the CPU target, and the GPU target with either backend."""
     models = search_models()
-    configs = {**models, "search": wire_ensemble(load_declaration("search"), models)}
+    # The search ensemble as the build ships it: its whole answers in Triton's response cache.
+    configs = {**models, "search": dataclasses.replace(wire_ensemble(load_declaration("search"), models), response_cache=True)}
     for backend in ("tensorrt", "onnxruntime"):
         gpu = gpu_models(backend)
         configs[f"gpu_{backend}/embedder"] = gpu["embedder"]

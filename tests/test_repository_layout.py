@@ -55,6 +55,26 @@ def test_the_server_loads_exactly_the_models_the_build_lists(unit_repo):
     assert [a for a in profiling if a.startswith("--grpc-restricted-protocol=model-repository,logging,trace,shared-memory:")]
 
 
+def test_the_search_answers_are_cached_where_the_build_asked_and_the_server_gets_the_size(unit_repo, tmp_path):
+    from shopsearch.ops.server import find_triton
+    from shopsearch.triton.repository import read_config
+
+    assert read_config(unit_repo / "search").response_cache.enable
+    for ensemble in ("recommend", "similar_items"):  # answers follow live histories: never cached
+        assert not read_config(unit_repo / ensemble).response_cache.enable
+    command = TritonServer(unit_repo).command()
+    caches = find_triton().caches
+    assert (caches / "local" / "libtritoncache_local.so").exists()
+    assert f"--cache-directory={caches}" in command and f"--cache-config=local,size={64 << 20}" in command
+    # A build without the cache asks the server for none.
+    repo = tmp_path / "repo"
+    shutil.copytree(unit_repo, repo)
+    manifest = json.loads((repo / BUILD_MANIFEST).read_text())
+    manifest["response_cache"] = None
+    (repo / BUILD_MANIFEST).write_text(json.dumps(manifest))
+    assert not [a for a in TritonServer(repo).command() if a.startswith("--cache")]
+
+
 def test_a_repository_whose_manifest_lists_no_models_is_refused_with_what_to_do(unit_repo, tmp_path):
     repo = tmp_path / "old"
     shutil.copytree(unit_repo, repo)

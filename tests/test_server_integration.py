@@ -69,6 +69,34 @@ def test_served_top10_equals_the_in_process_pipeline(built_repo, tiny_dataset, h
             np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
 
 
+def test_a_cached_answer_equals_the_computed_one_and_errors_are_never_cached(triton_server, built_repo, http, grpc):
+    """The search ensemble's answers come from Triton's response cache on a repeat (its statistics
+    count the hit), equal to the computed answer and the in-process pipeline's; TOPK is part of the key."""
+    stats = httpclient.InferenceServerClient(triton_server.http_url)
+
+    def counts() -> tuple[int, int]:
+        inference = stats.get_inference_statistics("search")["model_stats"][0]["inference_stats"]
+        return int(inference["cache_hit"]["count"]), int(inference["cache_miss"]["count"])
+
+    query = "waterproof hiking boots size 9 (cache probe)"
+    expected = InProcessEnsemble.from_repository(built_repo).search([query], top_k=7)[0]
+    hits0, misses0 = counts()
+    first = http.search([query], top_k=7)[0]
+    assert counts() == (hits0, misses0 + 1)
+    for client in (http, grpc):
+        again = client.search([query], top_k=7)[0]
+        assert [(h.product_id, h.title) for h in again] == [(h.product_id, h.title) for h in first]
+        np.testing.assert_allclose([h.score for h in again], [h.score for h in expected], atol=1e-5)
+    assert counts() == (hits0 + 2, misses0 + 1)
+    assert [h.product_id for h in first] == [h.product_id for h in expected]
+    assert len(http.search([query], top_k=3)[0]) == 3 and counts()[1] == misses0 + 2  # another TOPK: another key
+    # A refused request is not cached: the same bad request is refused again, never answered.
+    for _ in range(2):
+        with pytest.raises(InferenceServerException, match="TOPK"):
+            http.search([query], top_k=100_000)
+    stats.close()
+
+
 def test_topk_input_changes_the_number_of_results(http, grpc):
     assert len(http.search(["tent"], top_k=100)[0]) == 100
     assert len(grpc.search(["tent"], top_k=3)[0]) == 3

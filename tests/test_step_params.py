@@ -7,7 +7,9 @@ import pytest
 from shopsearch.errors import ArtifactError, ConfigError
 from shopsearch.serving.registry import STEP_TYPES, load_step, step_name_of
 from shopsearch.serving.rec_steps import ItemEmbeddingParams, ItemLookupParams, UserEncoderParams
-from shopsearch.serving.steps import HYBRID, EmbedderParams, PostprocessParams, RankerParams, TokenizerParams
+from shopsearch.serving.steps import (
+    HYBRID, EmbedderParams, PostprocessParams, RankerParams, SearchPostprocessParams, TokenizerParams,
+)
 from shopsearch.triton.model_config import parameters_of
 from shopsearch.triton.repository import read_config, read_version_params
 
@@ -17,7 +19,7 @@ EXAMPLES = {
     "embedder": [EmbedderParams(8000, 64), EmbedderParams(8000, 64, intra_op_threads=3, row_by_row=True)],
     "ranker": [RankerParams("embedding", 100, "0123456789abcdef"),
                RankerParams("embedding", 100, "0123456789abcdef", HYBRID, n_dense=100, n_lexical=150)],
-    "postprocess": [PostprocessParams(10, 100)],
+    "postprocess": [SearchPostprocessParams(10, 100), SearchPostprocessParams(10, 100, collapse=False)],
     "item_lookup": [ItemLookupParams("item_rows", 50, 256)],
     "user_encoder": [UserEncoderParams(16859), UserEncoderParams(16859, 2)],
     "item_embedding": [ItemEmbeddingParams("item_rows", "user_vector", 50)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shopsearch.core.ann import IndexSpec
 from shopsearch.errors import ConfigError
 from shopsearch.export.optimize import PRECISIONS
 from shopsearch.triton.model_config import DynamicBatching
@@ -28,12 +29,18 @@ class BuildOptions:
     max_queue_size: int = 64
     queue_timeout_us: int = 2_000_000
     parity_queries: int = 0  # dev queries for retrieval parity; 0: the whole split
+    index: IndexSpec = IndexSpec()  # how the ranker searches the catalog (recipe [index], INDEX=)
+    # Triton's local response cache for the `search` ensemble (recipe [serving]); 0 turns it off.
+    # Off for `recommend` and `similar_items`, whose answers follow live histories and stock.
+    response_cache_mb: int = 64
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError("build", "TARGET", f"'{self.target}' is not one of {TARGETS}")
         if self.precision not in PRECISIONS:
             raise ConfigError("build", "PRECISION", f"'{self.precision}' is not one of {PRECISIONS}")
+        if self.response_cache_mb < 0:
+            raise ConfigError("build", "response_cache_mb", f"must be 0 (off) or a size in MB, got {self.response_cache_mb}")
         if self.gpu_backend not in GPU_BACKENDS:
             raise ConfigError("build", "GPU_BACKEND", f"'{self.gpu_backend}' is not one of {GPU_BACKENDS}")
 

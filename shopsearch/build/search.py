@@ -12,6 +12,8 @@ artifact, derive the configs, add the recommender, lay out the repository.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from shopsearch.build.search_configs import (
 from shopsearch.core.embedding import OnnxEmbedder
 from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, popularity_feature
 from shopsearch.build.versions import model_version
+from shopsearch.core.ann import ANN_FILE, IndexSpec, recall_at, tune_search
 from shopsearch.core.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
 from shopsearch.core.modeling import CHECKPOINT_WEIGHTS, BiEncoder, load_checkpoint
 from shopsearch.core.provenance import file_sha256, git_revision, utc_timestamp
@@ -34,7 +37,7 @@ from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_CARD, RERANKER_DIR
 from shopsearch.core.results import CATALOG_FILE, CatalogLookup
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 from shopsearch.data.schema import Dataset
-from shopsearch.errors import ConfigError, FusionUnavailableError
+from shopsearch.errors import ConfigError, FusionUnavailableError, IndexRecallError
 from shopsearch.export.onnx import export_onnx, read_signature
 from shopsearch.export.optimize import PARITY, ROW_BY_ROW, attention_shape, fuse_transformer, quantize_int8
 from shopsearch.export.parity import (
@@ -49,10 +52,11 @@ from shopsearch.export.tensorrt import (
 from shopsearch.serving.steps import EMBEDDER_FILE
 from shopsearch.triton.ensemble import load_declaration, wire_ensemble
 from shopsearch.triton.model_config import DynamicBatching
-from shopsearch.triton.repository import ModelVersion, layout_repository, repository_size_bytes
+from shopsearch.triton.repository import RESPONSE_CACHE, ModelVersion, layout_repository, repository_size_bytes
 from shopsearch.triton.tuning import Tuning
 
 Chain = list[tuple[str, Path]]  # (artifact name, file), the served artifact last
+RECALL_AT = 100  # the approximate index's gate: recall of exact search's top 100
 
 
 @dataclass
@@ -102,10 +106,11 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
 
     # The index is embedded by the served artifact itself, so queries and products share a space.
     embedder_id = file_sha256(served_path)
-    index = CatalogIndex(served_side.catalog_vectors, embedder_id)
-    index.save(work / "index")
+    t = time.time()
+    index, index_report = index_catalog(served_side, embedder_id, options.index, work / "index", log)
+    timings["index_s"] = round(time.time() - t, 2)
     CatalogLookup.from_products(dataset.products).save(work / "catalog")
-    log(f"catalog index: {len(index)} products x {index.dim} dims, embedded by {served_name}")
+    log(f"catalog index: {len(index)} products x {index.dim} dims, embedded by {served_name}, {options.index.kind} search")
 
     provenance = {
         "built_at": utc_timestamp(),
@@ -133,6 +138,8 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
         "catalog": {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "products": len(dataset.products)},
         "embedder_id": embedder_id,
         "index_checksum": index.checksum(),
+        "index": index_report,
+        RESPONSE_CACHE: response_cache_manifest(options),
         "parity": parity,
         "ranker": ranker_manifest,
         "artifact_details": details,
@@ -145,6 +152,47 @@ def build_repository(checkpoint: Path, dataset: Dataset, out: Path, work: Path,
     size = repository_size_bytes(out)
     log(f"model repository: {out} ({size / 1e6:.1f} MB, target {options.target}, embedder {served_name}, {timings['total_s']}s)")
     return {**manifest, "models": [v.config.name for v in versions], "timings": timings, "repository_bytes": size}
+
+
+def response_cache_manifest(options: BuildOptions) -> dict | None:
+    """What the build manifest tells the server about the response cache (TritonServer sizes it from this)."""
+    return {"bytes": options.response_cache_mb << 20, "models": ["search"]} if options.response_cache_mb else None
+
+
+def index_catalog(served: SideOutputs, embedder_id: str, spec: IndexSpec, out: Path, log) -> tuple[CatalogIndex, dict]:
+    """The served artifact's catalog vectors indexed as `spec` says and saved in `out`. An
+    approximate index is measured against exact search on the split's queries (recall@100) and
+    refused below `spec.min_recall` (IndexRecallError): the build never ships an index that loses
+    more of the catalog than the recipe allows."""
+    vectors = served.catalog_vectors
+    bar = None
+    if spec.approximate:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(vectors), desc=f"{spec.kind} index", unit="product", disable=len(vectors) < 100_000)
+    t = time.time()
+    index = CatalogIndex.build(vectors, embedder_id, spec, threads=os.cpu_count(),
+                               progress=(lambda done, _: bar.update(done - bar.n)) if bar else None)
+    if bar is not None:
+        bar.close()
+    report = {"kind": spec.kind, "build_s": round(time.time() - t, 2)}
+    if spec.approximate:
+        queries = served.query_vectors
+        k = min(RECALL_AT, len(index))
+        exact_rows = index.exact_search(queries, k)[0]
+        index.spec, report["tuning"] = tune_search(index.ann, spec, queries, exact_rows)
+        spec = index.spec
+        recall = recall_at(index.search(queries, k)[0], exact_rows)
+        report.update({f"recall@{RECALL_AT}_vs_exact": round(recall, 4), "recall_queries": len(queries)})
+        log(f"{spec.kind} index: recall@{RECALL_AT} {recall:.4f} against exact search on {len(queries)} queries "
+            f"(threshold {spec.min_recall}), built in {report['build_s']}s")
+        if recall < spec.min_recall:
+            raise IndexRecallError(spec.kind, recall, spec.min_recall, len(queries))
+    report["spec"] = spec.to_json()
+    manifest = index.save(out)
+    report["bytes"] = sum(f.stat().st_size for f in out.iterdir())
+    report["ann_bytes"] = manifest.get("ann_bytes", 0)
+    return index, report
 
 
 def artifact_chain(fp32: Path, source: SearchCheckpoint, data: RetrievalSet, options: BuildOptions,
@@ -248,7 +296,8 @@ def search_models(source: SearchCheckpoint, signature, chain: Chain, index: Cata
         else:
             emb = embedder_gpu_config(signature, "onnxruntime", gpu_batching)
             embedder_files = {EMBEDDER_FILE: served_path}
-    ranker_files = {INDEX_VECTORS: work / "index" / INDEX_VECTORS, INDEX_MANIFEST: work / "index" / INDEX_MANIFEST}
+    ranker_files = {name: work / "index" / name for name in (INDEX_VECTORS, INDEX_MANIFEST, ANN_FILE)
+                    if (work / "index" / name).exists()}
     hybrid, ranker_manifest = None, {"mode": "dense"}
     if (source.path / RERANKER_DIR / RERANKER_CARD).exists():
         hybrid, files, ranker_manifest = hybrid_ranker_artifacts(source.path / RERANKER_DIR, dataset, work, log)
@@ -259,12 +308,14 @@ def search_models(source: SearchCheckpoint, signature, chain: Chain, index: Cata
     post = postprocess_config(rank, options.top_k, batching)
     tok, emb, rank, post = (tuning.apply(c) for c in (tok, emb, rank, post))
     search = wire_ensemble(load_declaration("search"), {c.name: c for c in (tok, emb, rank, post)})
+    search = dataclasses.replace(search, response_cache=options.response_cache_mb > 0)
     embedder_manifest = {**provenance, "artifact": served_name, "embedder_id": index.embedder_id, "parity": parity[served_name]}
     versions = [
         model_version(tok, {TOKENIZER_FILE: source.path / TOKENIZER_FILE}, provenance),
         model_version(emb, embedder_files, embedder_manifest),
         model_version(rank, ranker_files, {**provenance, "embedder_id": index.embedder_id,
-                                           "index_checksum": index.checksum(), **ranker_manifest}),
+                                           "index_checksum": index.checksum(), "index": index.spec.to_json(),
+                                           **ranker_manifest}),
         model_version(post, {CATALOG_FILE: work / "catalog" / CATALOG_FILE}, provenance),
         model_version(search, {}, provenance),
     ]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 from shopsearch.export.onnx import OnnxSignature, TensorIO
-from shopsearch.serving.steps import HYBRID, EmbedderParams, PostprocessParams, RankerParams, TokenizerParams
+from shopsearch.serving.steps import HYBRID, EmbedderParams, RankerParams, SearchPostprocessParams, TokenizerParams
 from shopsearch.serving.tensors import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, COLLAPSE, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
 )
 from shopsearch.triton.model_config import DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorRTModelConfig, TensorSpec
 
@@ -86,12 +86,12 @@ def ranker_config(query: TensorSpec, n_candidates: int, embedder_id: str, batchi
 def postprocess_config(ranker: PythonModelConfig, top_k: int, batching: DynamicBatching) -> PythonModelConfig:
     return PythonModelConfig(
         name="postprocess",
-        inputs=ranker.outputs + (TensorSpec(TOPK, "int32", (1,), optional=True),),
+        inputs=ranker.outputs + (TensorSpec(TOPK, "int32", (1,), optional=True), TensorSpec(COLLAPSE, "bool", (1,), optional=True)),
         # -1: the length is top_k, or TOPK when a request sends it.
         outputs=(TensorSpec(PRODUCT_IDS, "object", (-1,)), TensorSpec(TITLES, "object", (-1,)), TensorSpec(SCORES, "float32", (-1,))),
         max_batch_size=MAX_BATCH_SIZE,
         dynamic_batching=batching,
-        parameters=PostprocessParams(top_k, ranker.outputs[0].dims[0]).to_parameters(),
+        parameters=SearchPostprocessParams(top_k, ranker.outputs[0].dims[0]).to_parameters(),
     )
 
 

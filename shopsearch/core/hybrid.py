@@ -212,12 +212,13 @@ class HybridRanker:
         query_vector = query_vector.astype(np.float32)
         if dense_top is None:
             dense_top = self.dense.search(query_vector[None, :], self.n_dense)[0][0]
+        dense_top = dense_top[dense_top >= 0]  # an approximate index pads a short answer with -1
         scored = self.lexical.score(text)
         lexical_top = _ordered_top(scored[0], self.n_lexical, positive_only=True)
         rows = np.unique(np.concatenate([dense_top, lexical_top]))
         # Dense scores of the candidates only (a few hundred rows), not of the whole catalog.
         dense_scores = self.dense.vectors[rows] @ query_vector
-        best_dense = float(self.dense.vectors[dense_top[0]] @ query_vector)
+        best_dense = float(self.dense.vectors[dense_top[0]] @ query_vector) if dense_top.size else float(dense_scores.max(initial=0.0))
         lexical = lexical_features(self.lexical, text, rows, self.n_lexical, scored, lexical_top)
         features = np.column_stack([
             dense_scores,

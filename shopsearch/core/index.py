@@ -1,6 +1,7 @@
-"""Exact inner-product search over the catalog's embeddings, with deterministic tie-breaking.
+"""Inner-product search over the catalog's embeddings, with deterministic tie-breaking.
 
-Kept behind a small interface (`search(queries, k)`) so an ANN index can replace it. The search
+`CatalogIndex.search(queries, k)` is exact unless the index carries an approximate faiss index
+(`shopsearch.core.ann`, chosen by the recipe's [index] or `INDEX=`). The exact search
 runs as a two-node ONNX graph (MatMul + TopK) in ONNX Runtime: its GEMM keeps the catalog
 pre-packed and stays fast for the small batches a server forms (4-16 queries), where numpy's
 BLAS matmul plus a per-row argpartition cost 2-3x more per query (measured on the 2-core CI
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shopsearch.core.provenance import file_sha256
+from shopsearch.core.ann import ANN_FILE, IndexSpec, ann_search, build_ann, load_ann, save_ann
 from shopsearch.errors import ArtifactError, ConfigError
 
 # Above this many bytes the catalog is fed to each run instead of stored in the graph: an ONNX
@@ -95,14 +98,42 @@ class ExactSearch:
         return rows, scores
 
 
+def array_file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    """sha256 of a .npy file's data, read in chunks: equal to sha256(np.load(path).tobytes()) for a
+    C-ordered array, without mapping it into memory (a memory-mapped catalog stays untouched)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)
+        # Leaves the file at the first data byte.
+        (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class CatalogIndex:
-    def __init__(self, vectors: np.ndarray, embedder_id: str):
+    """The catalog's vectors [n, dim] float32 and, when `spec` is approximate, the faiss index over
+    them that answers `search` (the vectors then stay memory-mapped: only the hybrid ranker's
+    candidate rescoring reads them)."""
+
+    def __init__(self, vectors: np.ndarray, embedder_id: str, spec: IndexSpec = IndexSpec(), ann=None):
         if vectors.ndim != 2 or vectors.dtype != np.float32:
             raise ArtifactError(f"catalog index: vectors must be float32 [n, dim], got {vectors.dtype} {vectors.shape}")
+        if spec.approximate and ann is None:
+            raise ArtifactError(f"catalog index: a {spec.kind} index needs its faiss index")
         self.vectors = vectors
         self.embedder_id = embedder_id
+        self.spec, self.ann = spec, ann
+        self._checksum: str | None = None
         self._exact: ExactSearch | None = None
         self._exact_lock = threading.Lock()
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, embedder_id: str, spec: IndexSpec = IndexSpec(), threads: int | None = None,
+              progress=None) -> "CatalogIndex":
+        ann = build_ann(vectors, spec, threads, progress) if spec.approximate else None
+        return cls(vectors, embedder_id, spec, ann)
 
     @property
     def dim(self) -> int:
@@ -116,19 +147,36 @@ class CatalogIndex:
             raise ConfigError("ranker", "query_embedding", f"expected [batch, {self.dim}], got {list(queries.shape)}")
         if len(queries) == 0:
             return np.zeros((0, min(k, len(self))), dtype=np.int64), np.zeros((0, min(k, len(self))), dtype=np.float32)
+        if self.ann is not None:
+            return ann_search(self.ann, queries, min(k, len(self)))
+        return self.exact_search(queries, k)
+
+    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every product scored, whatever the index kind: the reference the recall gate measures against."""
         with self._exact_lock:  # built once, on first use: loading an index stays cheap
             if self._exact is None:
                 self._exact = ExactSearch(self.vectors)
         return self._exact.search(queries, k)
 
     def checksum(self) -> str:
-        return hashlib.sha256(self.vectors.tobytes()).hexdigest()[:16]
+        if self._checksum is None:
+            self._checksum = hashlib.sha256(np.ascontiguousarray(self.vectors).tobytes()).hexdigest()[:16]
+        return self._checksum
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path) -> dict:
+        """index.npy + index.json (+ ann.faiss); returns the manifest written."""
         directory.mkdir(parents=True, exist_ok=True)
         np.save(directory / INDEX_VECTORS, self.vectors)
-        manifest = {"embedder_id": self.embedder_id, "count": len(self), "dim": self.dim, "checksum": self.checksum()}
+        manifest = {"embedder_id": self.embedder_id, "count": len(self), "dim": self.dim, "checksum": self.checksum(),
+                    "index": self.spec.to_json()}
+        if self.ann is not None:
+            save_ann(self.ann, directory / ANN_FILE)
+            manifest["ann_sha256"] = file_sha256(directory / ANN_FILE)
+            manifest["ann_bytes"] = (directory / ANN_FILE).stat().st_size
+        else:
+            (directory / ANN_FILE).unlink(missing_ok=True)  # left by an earlier build of another kind
         (directory / INDEX_MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return manifest
 
     @classmethod
     def load(cls, directory: Path, expected_embedder_id: str | None = None) -> "CatalogIndex":
@@ -136,9 +184,19 @@ class CatalogIndex:
         if not manifest_path.exists():
             raise ArtifactError(f"catalog index: {manifest_path} is missing")
         manifest = json.loads(manifest_path.read_text())
-        index = cls(np.load(directory / INDEX_VECTORS), manifest["embedder_id"])
-        if index.checksum() != manifest["checksum"]:
+        spec = IndexSpec.from_mapping(manifest.get("index", {}), str(manifest_path))
+        ann = None
+        if spec.approximate:
+            ann_path = directory / ANN_FILE
+            if not ann_path.exists() or file_sha256(ann_path) != manifest.get("ann_sha256"):
+                raise ArtifactError(f"catalog index: {ann_path} is missing or does not match its manifest checksum")
+            ann = load_ann(ann_path, spec)
+        # Checked by reading the file, so a memory-mapped catalog is not pulled into memory.
+        if array_file_sha256(directory / INDEX_VECTORS)[:16] != manifest["checksum"]:
             raise ArtifactError(f"catalog index: {directory / INDEX_VECTORS} does not match its manifest checksum")
+        vectors = np.load(directory / INDEX_VECTORS, mmap_mode="r" if spec.approximate else None)
+        index = cls(vectors, manifest["embedder_id"], spec, ann)
+        index._checksum = manifest["checksum"]
         if expected_embedder_id is not None and expected_embedder_id != index.embedder_id:
             raise ArtifactError(
                 f"catalog index in {directory} was built by embedder {index.embedder_id}, "

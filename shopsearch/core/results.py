@@ -33,14 +33,23 @@ class Recommendation:
     strategy: str  # "model", or "popularity" when no id was known
 
 
+def listing_key(title: str) -> str:
+    """What makes two listings the same product to a shopper: the title, case and spacing aside."""
+    return " ".join(title.lower().split())
+
+
 class CatalogLookup:
-    """Row number in the index -> product id and title."""
+    """Row number in the index -> product id and title, and the listing group of each row (rows
+    whose titles are identical once normalised: one product listed under several ids)."""
 
     def __init__(self, product_ids: list[str], titles: list[str]):
         if len(product_ids) != len(titles):
             raise ArtifactError("catalog: product_ids and titles differ in length")
         self.product_ids = product_ids
         self.titles = titles
+        first_row: dict[str, int] = {}
+        # Each row's group: the first row listing its title (derived, so no artifact changes).
+        self.groups = np.array([first_row.setdefault(listing_key(t), row) for row, t in enumerate(titles)], dtype=np.int64)
 
     @classmethod
     def from_products(cls, products: list[Product]) -> "CatalogLookup":
@@ -62,9 +71,11 @@ class CatalogLookup:
         payload = json.loads(path.read_text(encoding="utf-8"))
         return cls(payload["product_ids"], payload["titles"])
 
-    def finalize(self, indices: np.ndarray, scores: np.ndarray, top_k: int) -> list[list[Hit]]:
+    def finalize(self, indices: np.ndarray, scores: np.ndarray, top_k: int, collapse: bool = False) -> list[list[Hit]]:
         """Per row: drop invalid and repeated candidates (keeping the best score), order by score
-        then product id so equal scores always come out the same way, and keep top_k."""
+        then product id so equal scores always come out the same way, and keep top_k. `collapse`:
+        one hit per listing group (the best-ranked of identical titles), so an answer never shows
+        one product three times."""
         out = []
         for row_idx, row_scores in zip(indices, scores):
             best: dict[int, float] = {}
@@ -72,6 +83,14 @@ class CatalogLookup:
                 if 0 <= idx < len(self.product_ids) and score > best.get(idx, -np.inf):
                     best[idx] = score
             ranked = sorted(best.items(), key=lambda item: (-item[1], self.product_ids[item[0]]))
+            if collapse:
+                kept, seen = [], set()
+                for row, score in ranked:
+                    group = int(self.groups[row])
+                    if group not in seen:
+                        seen.add(group)
+                        kept.append((row, score))
+                ranked = kept
             out.append([Hit(self.product_ids[i], self.titles[i], s) for i, s in ranked[:top_k]])
         return out
 

@@ -81,10 +81,13 @@ def _make_products(cfg: SyntheticShopConfig, rng: random.Random) -> list[Product
         target = int(round(per_type * (type_index + 1))) - int(round(per_type * type_index))
         attrs = cat.attributes_of(type_name)
         lines_used: set[tuple[str, str]] = set()
+        # Model numbers 1-9 name the lines of a 20k shop; a larger shop needs more distinct lines
+        # (about two products per line would exhaust brands x names x 9 at 2 million products).
+        numbers = max(9, math.ceil(target / (2 * len(cat.brands) * len(LINE_NAMES))))
         made = 0
         while made < target:
             brand = rng.choice(cat.brands)
-            line = f"{rng.choice(LINE_NAMES)} {rng.randint(1, 9)}"
+            line = f"{rng.choice(LINE_NAMES)} {rng.randint(1, numbers)}"
             if (brand, line) in lines_used:
                 continue
             lines_used.add((brand, line))

@@ -59,6 +59,7 @@ class SideOutputs:
     ndcg10: float
     metrics: dict[str, float] = field(default_factory=dict)  # dense retrieval on the split: nDCG@10, Recall@100, MRR@10
     catalog_seconds: float = 0.0  # embedding the whole catalog with this side's embedder
+    query_vectors: np.ndarray | None = None  # the split's queries (the index's recall gate searches them)
 
 
 @dataclass
@@ -85,7 +86,7 @@ def run_side(embedder: Embedder, query_encoder: TextEncoder, product_encoder: Te
     top, scores = CatalogIndex(catalog, "parity").search(queries, 100)  # ties to the lower row: top 10 = its first 10
     run = {qid: {data.product_ids[i]: float(s) for i, s in zip(top[r], scores[r])} for r, qid in enumerate(data.query_ids)}
     metrics = evaluate_run(run, data.qrels, data.relevant_min_gain)
-    return SideOutputs(probes, catalog, top[:, :10], metrics["ndcg@10"], metrics, round(catalog_seconds, 2))
+    return SideOutputs(probes, catalog, top[:, :10], metrics["ndcg@10"], metrics, round(catalog_seconds, 2), queries)
 
 
 def reference_outputs(model, query_encoder: TextEncoder, product_encoder: TextEncoder, data: RetrievalSet) -> SideOutputs:

@@ -44,6 +44,7 @@ class SearchRequest(_Strict):
     query: QueryText | None = None
     queries: Annotated[list[QueryText], Field(min_length=1, max_length=GatewayLimits.max_batch)] | None = None
     k: TopK = 10
+    collapse: bool = Field(True, description="one result per listing: identical titles under several product ids show once")
 
     @model_validator(mode="after")
     def one_of_query_or_queries(self) -> "SearchRequest":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from shopsearch.errors import ServerError
 from shopsearch.ops.admin_key import ADMIN_HEADER
-from shopsearch.triton.repository import BUILD_MANIFEST, built_models
+from shopsearch.triton.repository import BUILD_MANIFEST, built_models, response_cache_bytes
 
 STUB_NAME = "triton_python_backend_stub"
 
@@ -29,6 +29,11 @@ class TritonInstall:
     binary: Path
     backends: Path
     stub_source: Path
+
+    @property
+    def caches(self) -> Path:
+        """Cache implementations (the wheel ships `local`; NVIDIA's container has /opt/tritonserver/caches)."""
+        return self.binary.parent.parent / "caches"
 
     @property
     def stub_target(self) -> Path:
@@ -160,6 +165,14 @@ def restricted_api_args(admin_key: str, profiling: bool = False) -> list[str]:
     return [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
 
 
+def response_cache_args(repository: Path, cache_directory: Path | None = None) -> list[str]:
+    """Triton's local response cache sized as the build asked (nothing when it asked for none)."""
+    size = response_cache_bytes(repository)
+    if not size:
+        return []
+    return [*([f"--cache-directory={cache_directory}"] if cache_directory else []), f"--cache-config=local,size={size}"]
+
+
 class TritonServer:
     """A tritonserver process bound to loopback, started in the project's virtualenv.
 
@@ -173,7 +186,7 @@ class TritonServer:
     def __init__(self, repository: Path, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  log_path: Path | None = None, extra_args: tuple[str, ...] = (), admin_key: str | None = None,
-                 profiling: bool = False):
+                 profiling: bool = False, response_cache: bool = True):
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port = http_port or free_port(host)
@@ -183,6 +196,8 @@ class TritonServer:
         self.extra_args = extra_args
         self.profiling = profiling  # model configs and statistics open to perf_analyzer (see PROFILING_OPEN_GROUPS)
         self.admin_key = admin_key
+        # False: no response cache even where the build asks for one (benchmarks of the uncached path).
+        self.response_cache = response_cache
         self.process: subprocess.Popen | None = None
         self._log_handle = None
 
@@ -206,6 +221,7 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *(response_cache_args(self.repository, install.caches) if self.response_cache else []),
             *self.model_control_args(),
             *self.extra_args,
         ]

@@ -66,6 +66,12 @@ def ensemble_input_data(dataset, n: int = 200) -> dict:
     return {"data": [_entry({QUERY: np.array([query])}) for query in queries]}
 
 
+def query_input_data(queries: list[str]) -> dict:
+    """perf_analyzer --input-data for the `search` ensemble replaying `queries` in this order
+    (repeats included: a replayed log)."""
+    return {"data": [_entry({QUERY: np.array([query])}) for query in queries]}
+
+
 def write_input_data(repo: Path, queries: list[str], out_dir: Path) -> dict[str, Path]:
     """One perf_analyzer --input-data file per model, from real queries: each inner model gets the
     tensors the step before it really produces (e.g. token ids inside the vocabulary). Input names

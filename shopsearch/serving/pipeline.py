@@ -15,7 +15,7 @@ from shopsearch.core.results import Hit, Recommendation, decode_hits, decode_rec
 from shopsearch.errors import ArtifactError, ShopSearchError
 from shopsearch.serving.registry import MODEL_STEPS, STEP_TYPES, load_step
 from shopsearch.serving.tensors import (
-    EXCLUDE, HISTORY, PRODUCT_IDS, QUERY, SCORES, STRATEGY, TITLES, TOPK, UNKNOWN_IDS,
+    COLLAPSE, EXCLUDE, HISTORY, PRODUCT_IDS, QUERY, SCORES, STRATEGY, TITLES, TOPK, UNKNOWN_IDS,
 )
 from shopsearch.triton.model_config import parameters_of
 from shopsearch.triton.repository import read_config
@@ -53,11 +53,13 @@ class InProcessEnsemble:
             state.update(outcome)
         return state
 
-    def search(self, queries: Sequence[str | bytes], top_k: int | None = None) -> list[list[Hit]]:
-        """The `search` ensemble's answer to a batch of queries."""
+    def search(self, queries: Sequence[str | bytes], top_k: int | None = None, collapse: bool | None = None) -> list[list[Hit]]:
+        """The `search` ensemble's answer to a batch of queries (None: the build's defaults)."""
         state: dict[str, np.ndarray] = {QUERY: np.array([[q] for q in queries], dtype=object)}
         if top_k is not None:
             state[TOPK] = np.full((len(queries), 1), top_k, dtype=np.int32)
+        if collapse is not None:
+            state[COLLAPSE] = np.full((len(queries), 1), collapse, dtype=bool)
         state = self.run(state)
         return decode_hits(state[PRODUCT_IDS], state[TITLES], state[SCORES])
 

@@ -25,7 +25,7 @@ from shopsearch.errors import ConfigError, InvalidInputError, ShopSearchError
 from shopsearch.serving.metrics import CANDIDATE_POOL, TOKEN_COUNTS
 from shopsearch.serving.params import StepParams
 from shopsearch.serving.tensors import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, COLLAPSE, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
 )
 
 Arrays = dict[str, np.ndarray]
@@ -254,25 +254,41 @@ class RankerStep:
         return outcomes  # type: ignore[return-value]
 
 
+def requested_flag(arrays: Arrays, name: str, default: bool, model: str) -> bool:
+    """An optional BOOL [1] input: one value per request; `default` when absent."""
+    if name not in arrays:
+        return default
+    values = np.unique(arrays[name].reshape(-1).astype(bool))
+    if values.size != 1:
+        raise InvalidInputError(model, name, "must hold one value for every row of a request")
+    return bool(values[0])
+
+
 @dataclass(frozen=True)
 class PostprocessParams(StepParams):
     top_k: int  # products per answer when the request sends no TOPK
     max_k: int  # the most a request may ask for: the ranker's candidate count
 
 
+@dataclass(frozen=True)
+class SearchPostprocessParams(PostprocessParams):
+    collapse: bool = True  # one result per listing group unless the request sends COLLAPSE false
+
+
 class PostprocessStep:
     """Candidates -> top-k products. `top_k` is the default; a request may ask for fewer or more
-    (up to the ranker's candidate count) with the optional TOPK input."""
+    (up to the ranker's candidate count) with the optional TOPK input. Identical listings collapse
+    into one result unless the request's optional COLLAPSE is false."""
 
     name = "postprocess"
-    params_type = PostprocessParams
+    params_type = SearchPostprocessParams
 
-    def __init__(self, catalog: CatalogLookup, top_k: int, max_k: int):
-        self.catalog, self.top_k, self.max_k = catalog, top_k, max_k
+    def __init__(self, catalog: CatalogLookup, top_k: int, max_k: int, collapse: bool = True):
+        self.catalog, self.top_k, self.max_k, self.collapse = catalog, top_k, max_k, collapse
 
     @classmethod
-    def from_artifacts(cls, version_dir: Path, params: PostprocessParams) -> "PostprocessStep":
-        return cls(CatalogLookup.load(version_dir), params.top_k, params.max_k)
+    def from_artifacts(cls, version_dir: Path, params: SearchPostprocessParams) -> "PostprocessStep":
+        return cls(CatalogLookup.load(version_dir), params.top_k, params.max_k, params.collapse)
 
     def requested_k(self, arrays: Arrays) -> int:
         return requested_k(arrays, self.top_k, self.max_k, self.name)
@@ -285,10 +301,11 @@ class PostprocessStep:
                 if indices.shape != scores.shape or indices.ndim != 2:
                     raise InvalidInputError(self.name, CANDIDATE_SCORES, f"shape {list(scores.shape)} does not match {CANDIDATE_INDICES} {list(indices.shape)}")
                 k = self.requested_k(arrays)
+                collapse = requested_flag(arrays, COLLAPSE, self.collapse, self.name)
             except ShopSearchError as exc:
                 outcomes.append(exc)
                 continue
-            ids, titles, top_scores = hits_to_arrays(self.catalog.finalize(indices, scores, k), k)
+            ids, titles, top_scores = hits_to_arrays(self.catalog.finalize(indices, scores, k, collapse), k)
             outcomes.append({PRODUCT_IDS: ids, TITLES: titles, SCORES: top_scores})
         return outcomes
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 # search
 QUERY = "QUERY"  # BYTES [1] per request row: the shopper's query text (UTF-8; invalid bytes are replaced)
 TOPK = "TOPK"  # INT32 [1], optional: how many products to return
+# BOOL [1], optional: one result per listing (identical normalised titles under several product
+# ids collapse into the best-ranked); true unless the request sends false.
+COLLAPSE = "COLLAPSE"
 # The query text as the tokenizer read it, UTF-8 in a fixed-size UINT8 row (zero padded) for the
 # hybrid ranker's BM25. Not BYTES: Triton checks a fixed-size tensor's byte count per request, so
 # no caller can send the ranker malformed string framing that would fail the requests batched

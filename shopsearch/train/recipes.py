@@ -1,6 +1,6 @@
 """Training recipes (training/recipes/*.toml): which data, which hyper-parameters.
 
-Search recipes (`<data>.toml`: [data], [train], [rerank], [distill]) and recommender recipes
+Search recipes (`<data>.toml`: [data], [train], [rerank], [distill], [student], [index], [serving]) and recommender recipes
 (`rec_<data>.toml`: [data] generator options, [train]).
 """
 
@@ -13,6 +13,7 @@ except ModuleNotFoundError:  # Python 3.10 (Triton 24.xx containers): the same p
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shopsearch.core.ann import IndexSpec
 from shopsearch.core.reranker import RerankerConfig
 from shopsearch.data import Dataset, load_dataset
 from shopsearch.errors import ConfigError
@@ -20,6 +21,7 @@ from shopsearch.train.biencoder import TrainConfig
 from shopsearch.train.recommender import RecTrainConfig
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "training" / "recipes"
+SERVING_SETTINGS = {"response_cache_mb"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,19 @@ class Recipe:
     rerank: dict = field(default_factory=dict)
     distill: dict | None = None  # [distill]: stage 1b (read by shopsearch.compress.distillation.distill_config)
     student: dict | None = None  # [student]: a pruned, distilled student (shopsearch.compress.student.student_config)
+    index: dict = field(default_factory=dict)  # [index]: how the served ranker searches the catalog (IndexSpec)
+    serving: dict = field(default_factory=dict)  # [serving]: response_cache_mb (BuildOptions)
+
+    def serving_options(self) -> dict:
+        """[serving]: what the build sets on the served repository (BuildOptions fields)."""
+        unknown = sorted(set(self.serving) - SERVING_SETTINGS)
+        if unknown:
+            raise ConfigError(str(self.path), "[serving]", f"unknown settings {unknown}; known: {sorted(SERVING_SETTINGS)}")
+        return dict(self.serving)
+
+    def index_spec(self, kind: str | None = None) -> IndexSpec:
+        """The recipe's [index], its kind replaced by `kind` (INDEX= on the command line) when given."""
+        return IndexSpec.from_mapping({**self.index, **({"kind": kind} if kind else {})}, f"{self.path} [index]")
 
     def train_config(self, **overrides) -> TrainConfig:
         try:
@@ -62,7 +77,8 @@ def load_recipe(path: Path) -> Recipe:
     name = data.pop("name")
     return Recipe(path=path, data_name=name, data_options=data, train=dict(raw.get("train", {})),
                   rerank=dict(raw.get("rerank", {})), distill=dict(raw["distill"]) if "distill" in raw else None,
-                  student=dict(raw["student"]) if "student" in raw else None)
+                  student=dict(raw["student"]) if "student" in raw else None, index=dict(raw.get("index", {})),
+                  serving=dict(raw.get("serving", {})))
 
 
 def load_rec_data_options(path: Path) -> dict:

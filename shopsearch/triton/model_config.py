@@ -222,6 +222,9 @@ class EnsembleConfig:
     steps: tuple[EnsembleStep, ...]
     max_batch_size: int = 256
     versions: tuple[int, ...] = ()
+    # Triton's response cache for whole-ensemble answers (the server needs --cache-config too). The
+    # key hashes model name, version and inputs: a deploy (a new version) never hits an old answer.
+    response_cache: bool = False
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -241,6 +244,8 @@ class EnsembleConfig:
             message = config.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version)
             message.input_map.update(dict(step.input_map))
             message.output_map.update(dict(step.output_map))
+        if self.response_cache:
+            config.response_cache.enable = True
         _version_policy(config, self.versions)
         return config
 

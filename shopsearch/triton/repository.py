@@ -30,6 +30,7 @@ from shopsearch.triton.model_config import EnsembleConfig, ModelConfigType, Pyth
 CONFIG_FILE = "config.pbtxt"
 BUILD_MANIFEST = "build_manifest.json"
 DEPLOY_STATE = "deployments.json"  # generations published by `make deploy` (shopsearch.ops.deploy)
+RESPONSE_CACHE = "response_cache"  # build manifest key: {"bytes": size, "models": [...]} or null
 MODEL_MANIFEST = "manifest.json"
 VERSION_PARAMS = "params.json"
 PYTHON_MODEL_FILE = "model.py"
@@ -110,6 +111,11 @@ def read_build_manifest(repo: Path) -> dict:
     if not path.exists():
         return {}
     return json.loads(path.read_text())
+
+
+def response_cache_bytes(repo: Path) -> int:
+    """The local response cache the build asked the server for (0: none)."""
+    return int((read_build_manifest(repo).get(RESPONSE_CACHE) or {}).get("bytes", 0))
 
 
 def built_models(repo: Path) -> list[str]:
