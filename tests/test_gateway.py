@@ -6,6 +6,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from shopsearch.core.filters import SearchFilters
 from shopsearch.core.results import Hit, Recommendation
 from shopsearch.gateway.app import create_app
 from shopsearch.gateway.backend import UpstreamError, upstream_error
@@ -22,8 +23,8 @@ class RecordingBackend:
         if self.fail:
             raise self.fail
 
-    async def search(self, queries, k, collapse=True):
-        self._called("search", queries, k, collapse)
+    async def search(self, queries, k, collapse=True, filters=None):
+        self._called("search", queries, k, collapse, filters)
         return [[Hit(f"P{i}", f"{q} {i}", 1.0 - i / 10) for i in range(k)] for q in queries]
 
     async def recommend(self, history, k, exclude):
@@ -58,8 +59,15 @@ def test_valid_requests_get_typed_answers(api):
     assert rec == {"items": [{"product_id": "P9", "title": "nine", "score": 0.9}], "strategy": "model", "unknown_ids": ["unknown-1"]}
     assert client.post("/v1/similar", json={"item_id": "P1"}).status_code == 200
     assert client.post("/v1/search", json={"query": "tent", "collapse": "no"}).status_code == 400  # strict: a bool
-    assert backend.calls == [("search", ["cordless drill"], 3, True), ("search", ["tent", "lamp"], 10, False),
-                             ("recommend", ["P1", "P2"], 5, ["P3"]), ("similar", "P1", 10, [])]
+    filtered = {"query": "tent", "category": "Tents", "price_min": 20.0, "price_max": 80.5, "in_stock": True}
+    assert client.post("/v1/search", json=filtered).status_code == 200
+    inverted = client.post("/v1/search", json={**filtered, "price_min": 90.0})
+    assert inverted.status_code == 400 and "price_min" in inverted.text
+    assert client.post("/v1/search", json={**filtered, "price_max": -1.0}).status_code == 400
+    assert backend.calls == [("search", ["cordless drill"], 3, True, SearchFilters()),
+                             ("search", ["tent", "lamp"], 10, False, SearchFilters()),
+                             ("recommend", ["P1", "P2"], 5, ["P3"]), ("similar", "P1", 10, []),
+                             ("search", ["tent"], 10, True, SearchFilters("Tents", 20.0, 80.5, True))]
 
 
 # (what was sent, expected status, the field the error names)
@@ -174,7 +182,8 @@ def test_the_openapi_document_comes_from_the_schema(api):
     document = client.get("/openapi.json").json()
     assert set(document["paths"]) == {"/v1/search", "/v1/recommend", "/v1/similar", "/v1/ready"}
     search = document["components"]["schemas"]["SearchRequest"]
-    assert search["additionalProperties"] is False and {"query", "queries", "k", "collapse"} == set(search["properties"])
+    assert search["additionalProperties"] is False and set(search["properties"]) == {
+        "query", "queries", "k", "collapse", "category", "price_min", "price_max", "in_stock"}
     assert "400" in document["paths"]["/v1/search"]["post"]["responses"]
 
 

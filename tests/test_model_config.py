@@ -115,7 +115,9 @@ def test_ensemble_tensor_names_come_from_the_exported_model():
     ensemble = wire_ensemble(load_declaration("search"), {m.name: m for m in (tok, emb, rank, post)})
     steps = {s.model_name: s for s in ensemble.steps}
     assert dict(steps["tokenizer"].output_map) == {"ids": "ids", "mask": "mask"}
-    assert dict(steps["ranker"].input_map) == {"query_vector": "query_vector"}
+    # The embedder's output by its exported name, and the request's filters straight from the ensemble's inputs.
+    assert dict(steps["ranker"].input_map) == {"query_vector": "query_vector", "CATEGORY": "CATEGORY", "PRICE_MIN": "PRICE_MIN",
+                                               "PRICE_MAX": "PRICE_MAX", "IN_STOCK": "IN_STOCK"}
     assert parameters_of(tok.to_proto())["ids_output"] == "ids"
 
 

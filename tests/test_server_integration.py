@@ -97,6 +97,28 @@ def test_a_cached_answer_equals_the_computed_one_and_errors_are_never_cached(tri
     stats.close()
 
 
+def test_filtered_answers_served_equal_the_in_process_pipeline_and_impossible_filters_are_refused(
+        triton_server, built_repo, tiny_dataset, http, grpc):
+    from shopsearch.core.filters import SearchFilters
+
+    pipeline = InProcessEnsemble.from_repository(built_repo)
+    category = tiny_dataset.products[0].category
+    by_id = {p.product_id: p for p in tiny_dataset.products}
+    filters = SearchFilters(category=category, price_max=200.0, in_stock=True)
+    queries = sorted(tiny_dataset.queries["dev"].values())[:10]
+    expected = pipeline.search(queries, filters=filters)
+    for client in (http, grpc):
+        served = client.search(queries, filters=filters)
+        assert [[h.product_id for h in row] for row in served] == [[h.product_id for h in row] for row in expected]
+        assert all(by_id[h.product_id].category == category and by_id[h.product_id].price <= 200 and by_id[h.product_id].in_stock
+                   for row in served for h in row)
+        with pytest.raises(InferenceServerException, match="CATEGORY: unknown category 'Spaceships'"):
+            client.search(["tent"], filters=SearchFilters(category="Spaceships"))
+        with pytest.raises(InferenceServerException, match="PRICE_MIN"):
+            client.search(["tent"], filters=SearchFilters(price_min=90.0, price_max=10.0))
+    assert_healthy(triton_server)
+
+
 def test_topk_input_changes_the_number_of_results(http, grpc):
     assert len(http.search(["tent"], top_k=100)[0]) == 100
     assert len(grpc.search(["tent"], top_k=3)[0]) == 3

@@ -62,7 +62,8 @@ def item_embedding_config(encoder: OnnxSignature, batching: DynamicBatching) -> 
 
 def rec_ranker_config(encoder: OnnxSignature, n_candidates: int, encoder_id: str, batching: DynamicBatching) -> PythonModelConfig:
     """The search ranker's machinery (exact inner product over an index) over the item table."""
-    return dataclasses.replace(ranker_config(_spec(encoder.outputs[0]), n_candidates, encoder_id, batching), name="rec_ranker")
+    return dataclasses.replace(ranker_config(_spec(encoder.outputs[0]), n_candidates, encoder_id, batching, filters=False),
+                               name="rec_ranker")
 
 
 def rec_postprocess_config(ranker: PythonModelConfig, lookup: PythonModelConfig, top_k: int, max_k: int,

@@ -26,6 +26,7 @@ from shopsearch.build.search_configs import (
     MAX_BATCH_SIZE, embedder_config, embedder_gpu_config, postprocess_config, ranker_config, tokenizer_config,
 )
 from shopsearch.core.embedding import OnnxEmbedder
+from shopsearch.core.filters import FACETS_ARRAYS, FACETS_MANIFEST, CatalogFacets
 from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, popularity_feature
 from shopsearch.build.versions import model_version
 from shopsearch.core.ann import ANN_FILE, IndexSpec, recall_at, tune_search
@@ -180,7 +181,7 @@ def index_catalog(served: SideOutputs, embedder_id: str, spec: IndexSpec, out: P
         queries = served.query_vectors
         k = min(RECALL_AT, len(index))
         exact_rows = index.exact_search(queries, k)[0]
-        index.spec, report["tuning"] = tune_search(index.ann, spec, queries, exact_rows)
+        index.spec, report["tuning"] = tune_search(index.ann, spec, queries, exact_rows, lambda q, n: index.search(q, n)[0])
         spec = index.spec
         recall = recall_at(index.search(queries, k)[0], exact_rows)
         report.update({f"recall@{RECALL_AT}_vs_exact": round(recall, 4), "recall_queries": len(queries)})
@@ -298,6 +299,8 @@ def search_models(source: SearchCheckpoint, signature, chain: Chain, index: Cata
             embedder_files = {EMBEDDER_FILE: served_path}
     ranker_files = {name: work / "index" / name for name in (INDEX_VECTORS, INDEX_MANIFEST, ANN_FILE)
                     if (work / "index" / name).exists()}
+    CatalogFacets.from_products(dataset.products).save(work / "facets")  # what the filters read
+    ranker_files.update({name: work / "facets" / name for name in (FACETS_ARRAYS, FACETS_MANIFEST)})
     hybrid, ranker_manifest = None, {"mode": "dense"}
     if (source.path / RERANKER_DIR / RERANKER_CARD).exists():
         hybrid, files, ranker_manifest = hybrid_ranker_artifacts(source.path / RERANKER_DIR, dataset, work, log)

@@ -12,7 +12,7 @@ import dataclasses
 from shopsearch.export.onnx import OnnxSignature, TensorIO
 from shopsearch.serving.steps import HYBRID, EmbedderParams, RankerParams, SearchPostprocessParams, TokenizerParams
 from shopsearch.serving.tensors import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, COLLAPSE, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, CATEGORY, COLLAPSE, IN_STOCK, PRICE_MAX, PRICE_MIN, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
 )
 from shopsearch.triton.model_config import DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorRTModelConfig, TensorSpec
 
@@ -64,12 +64,17 @@ def embedder_config(signature: OnnxSignature, vocab_size: int, max_length: int, 
     )
 
 
+# The search filters, each optional with one value per request (shopsearch.core.filters).
+FILTER_SPECS = (TensorSpec(CATEGORY, "object", (1,), optional=True), TensorSpec(PRICE_MIN, "float32", (1,), optional=True),
+                TensorSpec(PRICE_MAX, "float32", (1,), optional=True), TensorSpec(IN_STOCK, "bool", (1,), optional=True))
+
+
 def ranker_config(query: TensorSpec, n_candidates: int, embedder_id: str, batching: DynamicBatching,
-                  hybrid: tuple[int, int] | None = None) -> PythonModelConfig:
+                  hybrid: tuple[int, int] | None = None, filters: bool = True) -> PythonModelConfig:
     """`hybrid` = (dense candidates, BM25 candidates): the ranker also reads the query text (the
-    tokenizer's QUERY_TEXT) and
-    re-ranks both candidate sets with the learned model; None: dense search only."""
-    inputs: tuple[TensorSpec, ...] = (query,) + ((QUERY_TEXT_SPEC,) if hybrid else ())
+    tokenizer's QUERY_TEXT) and re-ranks both candidate sets with the learned model; None: dense
+    search only. `filters`: it reads the optional search filters too."""
+    inputs: tuple[TensorSpec, ...] = (query,) + ((QUERY_TEXT_SPEC,) if hybrid else ()) + (FILTER_SPECS if filters else ())
     params = RankerParams(query.name, n_candidates, embedder_id)
     if hybrid:
         params = RankerParams(query.name, n_candidates, embedder_id, HYBRID, n_dense=hybrid[0], n_lexical=hybrid[1])

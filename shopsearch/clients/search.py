@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from shopsearch.core.results import Hit, decode_hits
+from shopsearch.core.filters import SearchFilters, filter_arrays
 from shopsearch.serving.tensors import COLLAPSE, PRODUCT_IDS, QUERY, SCORES, TITLES, TOPK
 
 
@@ -27,7 +28,11 @@ def query_batch(queries: Sequence[str | bytes]) -> np.ndarray:
     return np.array([[q.encode("utf-8") if isinstance(q, str) else q] for q in queries], dtype=object)
 
 
-def search_request(module, queries: np.ndarray, top_k: int | None, collapse: bool | None = None):
+TRITON_TYPES = {np.dtype(object): "BYTES", np.dtype(np.float32): "FP32", np.dtype(bool): "BOOL"}
+
+
+def search_request(module, queries: np.ndarray, top_k: int | None, collapse: bool | None = None,
+                   filters: SearchFilters | None = None):
     """The `search` ensemble's inputs and outputs, for any tritonclient flavour (http, grpc, grpc.aio).
     None leaves an optional input out (the server's default)."""
     tensor = module.InferInput(QUERY, list(queries.shape), "BYTES")
@@ -41,6 +46,10 @@ def search_request(module, queries: np.ndarray, top_k: int | None, collapse: boo
         flag = module.InferInput(COLLAPSE, [queries.shape[0], 1], "BOOL")
         flag.set_data_from_numpy(np.full((queries.shape[0], 1), collapse, dtype=bool))
         inputs.append(flag)
+    for name, array in filter_arrays(filters, queries.shape[0]).items():
+        tensor = module.InferInput(name, list(array.shape), TRITON_TYPES[array.dtype])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
     return inputs, [module.InferRequestedOutput(n) for n in (PRODUCT_IDS, TITLES, SCORES)]
 
 
@@ -68,13 +77,14 @@ class SearchClient:
             self._client = module.InferenceServerClient(url)
         self._module = module
 
-    def infer_raw(self, queries: np.ndarray, top_k: int | None = None, collapse: bool | None = None):
+    def infer_raw(self, queries: np.ndarray, top_k: int | None = None, collapse: bool | None = None,
+                  filters: SearchFilters | None = None):
         """Send a prepared [batch, 1] object array; returns tritonclient's result."""
         deadline = time.monotonic() + self.retry_s
         delay = 0.05
         while True:
             try:
-                return self._infer_once(queries, top_k, collapse)
+                return self._infer_once(queries, top_k, collapse, filters)
             except Exception as exc:  # noqa: BLE001 - sorted into transient or not below
                 if time.monotonic() + delay > deadline or not is_transient(exc):
                     raise
@@ -82,15 +92,18 @@ class SearchClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def _infer_once(self, queries: np.ndarray, top_k: int | None, collapse: bool | None = None):
-        inputs, outputs = search_request(self._module, queries, top_k, collapse)
+    def _infer_once(self, queries: np.ndarray, top_k: int | None, collapse: bool | None = None,
+                    filters: SearchFilters | None = None):
+        inputs, outputs = search_request(self._module, queries, top_k, collapse, filters)
         if self.protocol == "grpc":
             return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
         return self._client.infer(self.model, inputs, outputs=outputs)
 
-    def search(self, queries: Sequence[str | bytes], top_k: int | None = None, collapse: bool | None = None) -> list[list[Hit]]:
-        """`collapse` False: every listing of an identical title (None: the server's default, one)."""
-        return search_hits(self.infer_raw(query_batch(queries), top_k, collapse))
+    def search(self, queries: Sequence[str | bytes], top_k: int | None = None, collapse: bool | None = None,
+               filters: SearchFilters | None = None) -> list[list[Hit]]:
+        """`collapse` False: every listing of an identical title (None: the server's default, one);
+        `filters`: only products of a category, a price range, in stock."""
+        return search_hits(self.infer_raw(query_batch(queries), top_k, collapse, filters))
 
     def is_ready(self) -> bool:
         return self._client.is_server_ready() and self._client.is_model_ready(self.model)

@@ -204,17 +204,20 @@ class HybridRanker:
         self.dense, self.lexical, self.reranker = dense, lexical, reranker
         self.n_dense, self.n_lexical = n_dense, n_lexical
 
-    def candidates(self, text: str, query_vector: np.ndarray,
-                   dense_top: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, text: str, query_vector: np.ndarray, dense_top: np.ndarray | None = None,
+                   allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidate rows (dense top ∪ BM25 top) and their features [m, len(FEATURE_NAMES)].
         `dense_top`: the query's `n_dense` best rows by dense score, best first (`rank` finds
-        them for a whole batch in one exact search); searched here when not given."""
+        them for a whole batch in one exact search); searched here when not given. `allowed`
+        ([n] bool, a request's filters): both candidate sets come from those rows only."""
         query_vector = query_vector.astype(np.float32)
         if dense_top is None:
-            dense_top = self.dense.search(query_vector[None, :], self.n_dense)[0][0]
+            dense_top = (self.dense.search(query_vector[None, :], self.n_dense) if allowed is None
+                         else self.dense.search_within(query_vector[None, :], self.n_dense, allowed))[0][0]
         dense_top = dense_top[dense_top >= 0]  # an approximate index pads a short answer with -1
         scored = self.lexical.score(text)
-        lexical_top = _ordered_top(scored[0], self.n_lexical, positive_only=True)
+        ranked_bm25 = scored[0] if allowed is None else np.where(allowed, scored[0], 0.0)
+        lexical_top = _ordered_top(ranked_bm25, self.n_lexical, positive_only=True)
         rows = np.unique(np.concatenate([dense_top, lexical_top]))
         # Dense scores of the candidates only (a few hundred rows), not of the whole catalog.
         dense_scores = self.dense.vectors[rows] @ query_vector
@@ -231,18 +234,24 @@ class HybridRanker:
         return rows.astype(np.int64), features
 
     def rank(self, texts: Sequence[str], query_vectors: np.ndarray, k: int,
-             pool_sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             pool_sizes: list[int] | None = None, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k catalog rows and re-ranker scores per query, [n, k]; rows -1 pad short lists.
-        `pool_sizes`, when given, receives how many candidates each query's re-ranker scored."""
+        `pool_sizes`, when given, receives how many candidates each query's re-ranker scored;
+        `allowed` ([n] bool): every query searches those rows only (a request's filters)."""
         if self.reranker is None:
             raise ArtifactError("hybrid ranker: no re-ranker loaded")
         indices = np.full((len(texts), k), -1, dtype=np.int64)
         scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
-        dense_tops = self.dense.search(query_vectors, self.n_dense)[0] if len(texts) else []
+        dense_tops = []
+        if len(texts):
+            dense_tops = (self.dense.search(query_vectors, self.n_dense) if allowed is None
+                          else self.dense.search_within(query_vectors, self.n_dense, allowed))[0]
         for i, (text, vector) in enumerate(zip(texts, query_vectors)):
-            rows, features = self.candidates(text, vector, dense_tops[i])
+            rows, features = self.candidates(text, vector, dense_tops[i], allowed)
             if pool_sizes is not None:
                 pool_sizes.append(len(rows))
+            if rows.size == 0:  # the filters allow nothing this query could find: an empty answer
+                continue
             row_scores = self.reranker(features)
             order = np.lexsort((rows, -row_scores))[:k]
             indices[i, : order.size], scores[i, : order.size] = rows[order], row_scores[order]

@@ -23,6 +23,7 @@ class Product:
     price: float | None = None
     rating: float | None = None
     popularity: float | None = None
+    in_stock: bool | None = None  # None: the catalog does not say (a stock filter then leaves it out)
 
     def search_text(self) -> str:
         """The text the embedder reads for this product (title first: it carries the most signal)."""
@@ -109,7 +110,10 @@ class Dataset:
         """A content hash: the same products and judgments give the same hash on any machine."""
         digest = hashlib.sha256()
         for product in self.products:
-            digest.update(json.dumps(asdict(product), sort_keys=True).encode())
+            fields = asdict(product)
+            if fields["in_stock"] is None:
+                del fields["in_stock"]  # catalogs without stock keep the hash they had before it existed
+            digest.update(json.dumps(fields, sort_keys=True).encode())
         digest.update(json.dumps([self.queries, self.qrels], sort_keys=True).encode())
         return digest.hexdigest()[:16]
 

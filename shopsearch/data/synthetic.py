@@ -51,6 +51,7 @@ QUERY_TEMPLATES = (
     (("type",), 0.06),
 )
 MAX_JUDGED = {3: 100, 2: 30, 1: 10, 0: 5}
+STOCKED_PERCENT = 85
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,14 @@ def _product(index, cat: CategorySpec, type_name, brand, attributes, base_price,
         rating=round(rng.uniform(2.8, 5.0), 1),
         # Heavy-tailed like real sales: a few products sell most.
         popularity=round(rng.paretovariate(1.3), 3),
+        in_stock=in_stock(f"P{index:06d}"),
     )
+
+
+def in_stock(product_id: str) -> bool:
+    """About 85% of products in stock, fixed per product id. Drawn from the id's hash, not the
+    generator's random stream, so adding stock left every other product field as it was."""
+    return int(hashlib.sha256(product_id.encode()).hexdigest()[:8], 16) % 100 < STOCKED_PERCENT
 
 
 def _matches(product: Product, constraints: dict[str, str]) -> int:

@@ -77,7 +77,7 @@ def create_app(backend: Backend, limits: GatewayLimits = GatewayLimits()) -> Fas
     @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(request: SearchRequest) -> Response:
         texts = request.texts()
-        hits = await backend.search(texts, request.k, request.collapse)
+        hits = await backend.search(texts, request.k, request.collapse, request.filters())
         return _json(SearchResponse(results=[SearchResult(query=q, hits=[Product(**vars(h)) for h in row])
                                              for q, row in zip(texts, hits)]))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from shopsearch.core.filters import SearchFilters
 from shopsearch.core.results import Hit, Recommendation
 
 
@@ -20,7 +21,8 @@ class UpstreamError(Exception):
 class Backend(Protocol):
     """What the gateway needs from the serving side; coroutines, awaited on the gateway's event loop."""
 
-    async def search(self, queries: list[str], k: int, collapse: bool = True) -> list[list[Hit]]: ...
+    async def search(self, queries: list[str], k: int, collapse: bool = True,
+                     filters: SearchFilters | None = None) -> list[list[Hit]]: ...
 
     async def recommend(self, history: list[str], k: int, exclude: list[str]) -> Recommendation: ...
 
@@ -59,11 +61,12 @@ class TritonBackend:
             self._client = aio.InferenceServerClient(self.grpc_url)
         return aio, self._client
 
-    async def search(self, queries: list[str], k: int, collapse: bool = True) -> list[list[Hit]]:
+    async def search(self, queries: list[str], k: int, collapse: bool = True,
+                     filters: SearchFilters | None = None) -> list[list[Hit]]:
         from shopsearch.clients.search import query_batch, search_hits, search_request
 
         aio, client = self._aio()
-        inputs, outputs = search_request(aio, query_batch(queries), k, collapse)
+        inputs, outputs = search_request(aio, query_batch(queries), k, collapse, filters)
         try:
             return search_hits(await client.infer("search", inputs, outputs=outputs, client_timeout=self.timeout_s))
         except Exception as exc:  # noqa: BLE001 - every Triton failure is sorted for the client

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from shopsearch.build.recs import MAX_K, MAX_SEEN
+from shopsearch.core.filters import SearchFilters
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,22 @@ class SearchRequest(_Strict):
     queries: Annotated[list[QueryText], Field(min_length=1, max_length=GatewayLimits.max_batch)] | None = None
     k: TopK = 10
     collapse: bool = Field(True, description="one result per listing: identical titles under several product ids show once")
+    category: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        None, description="only products of this catalog category (an unknown one is a 400 naming it)")
+    price_min: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(None, description="only products at least this price")
+    price_max: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(None, description="only products at most this price")
+    in_stock: bool | None = Field(None, description="true: only products in stock")
 
     @model_validator(mode="after")
     def one_of_query_or_queries(self) -> "SearchRequest":
         if (self.query is None) == (self.queries is None):
             raise ValueError("give exactly one of `query` or `queries`")
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min is above price_max: an empty range")
         return self
+
+    def filters(self) -> SearchFilters:
+        return SearchFilters(self.category, self.price_min, self.price_max, self.in_stock)
 
     def texts(self) -> list[str]:
         return [self.query] if self.query is not None else list(self.queries or [])

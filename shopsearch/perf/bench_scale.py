@@ -55,6 +55,12 @@ class ScaleRow:
     served_p99_ms: float | None = None
     ranker_rss_mb: float | None = None  # the ranker stub's VmRSS under load
     ranker_rss_anon_mb: float | None = None  # of which private (not file-backed, not shareable)
+    # Filtered search (category; category + in stock + at most the category's median price) against
+    # exact filtered search: share of dev queries whose top 10 is the same list, and ms per query.
+    filtered_same_top10_category: float | None = None
+    filtered_same_top10_narrow: float | None = None
+    filtered_ms_category: float | None = None
+    filtered_ms_narrow: float | None = None
     cached_qps: float | None = None  # the same replay with the response cache on
     cached_p99_ms: float | None = None
     cache_hit_rate: float | None = None
@@ -114,6 +120,34 @@ def time_search(index, queries: np.ndarray, batch: int, max_queries: int, k: int
     for start in range(0, len(queries), batch):
         index.search(queries[start : start + batch], k)
     return (time.perf_counter() - started) * 1000 / len(queries)
+
+
+FILTERED_QUERIES = 300
+
+
+def filter_sets(dataset, exact_top1: np.ndarray) -> dict[str, list]:
+    """Per dev query, the filters a shopper would add: the category of its best exact match, and
+    that category in stock at most its median price."""
+    from shopsearch.core.filters import SearchFilters
+
+    medians: dict[str, float] = {}
+    for category in {p.category for p in dataset.products}:
+        medians[category] = float(np.median([p.price for p in dataset.products if p.category == category]))
+    categories = [dataset.products[row].category for row in exact_top1]
+    return {"category": [SearchFilters(category=c) for c in categories],
+            "narrow": [SearchFilters(category=c, price_max=medians[c], in_stock=True) for c in categories]}
+
+
+def filtered_agreement(index, exact, facets, queries: np.ndarray, filters: list) -> tuple[float, float]:
+    """(share of queries whose filtered top 10 equals exact filtered search's, ms per query)."""
+    same, seconds = 0, 0.0
+    for query, chosen in zip(queries, filters):
+        allowed = facets.mask(chosen)
+        started = time.perf_counter()
+        rows = index.search_within(query[None, :], 10, allowed)[0][0]
+        seconds += time.perf_counter() - started
+        same += rows.tolist() == exact.search_within(query[None, :], 10, allowed)[0][0].tolist()
+    return same / len(queries), seconds * 1000 / len(queries)
 
 
 def stub_memory_mb(pid: int) -> tuple[float, float]:
@@ -201,6 +235,7 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
     from shopsearch.core.embedding import embed_texts
     from shopsearch.data import load_dataset
     from shopsearch.export.parity import SideOutputs
+    from shopsearch.core.filters import CatalogFacets
     from shopsearch.core.index import CatalogIndex
     from shopsearch.perf.perf_analyzer import query_input_data
 
@@ -222,6 +257,9 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
     input_data.write_text(json.dumps(query_input_data(stream)))
     side = SideOutputs(probe_vectors=query_vectors, catalog_vectors=vectors, top10=np.zeros((0, 10)), ndcg10=0.0,
                        query_vectors=query_vectors)
+    exact = CatalogIndex(vectors, base.embedder_id)
+    facets = CatalogFacets.from_products(dataset.products)
+    filters = filter_sets(dataset, exact.search(query_vectors[:FILTERED_QUERIES], 1)[0][:, 0])
     for kind in kinds:
         row = ScaleRow(n, kind)
         report.rows.append(row)
@@ -243,6 +281,10 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
             loaded.search(query_vectors[:1], 100)  # the ONNX session is built on first use: not a query's cost
         row.ms_per_query_b1 = round(time_search(loaded, query_vectors, 1, 200), 3)
         row.ms_per_query_b16 = round(time_search(loaded, query_vectors, 16, 640), 3)
+        for name, chosen in filters.items():
+            same, ms = filtered_agreement(loaded, exact, facets, query_vectors[:FILTERED_QUERIES], chosen)
+            setattr(row, f"filtered_same_top10_{name}", round(same, 4))
+            setattr(row, f"filtered_ms_{name}", round(ms, 3))
         del loaded, index
         if served:
             repo = base.lay_out(dataset, CatalogIndex.load(kind_work / "index"), specs[kind], kind_work,
@@ -278,13 +320,21 @@ def markdown(report: ScaleReport) -> str:
     lines += ["", "| products | index | build s | index MB | recall@100 vs exact | ms/query b1 | ms/query b16 | served q/s | p99 ms | "
               "ranker RSS MB | of which private | cached q/s | cached p99 ms | cache hit rate | note |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    filtered_lines = ["", f"Filtered search, {FILTERED_QUERIES} dev queries, each filtered to the category of its best exact "
+                      "match (category), or to that category in stock at most its median price (narrow); top 10 the same "
+                      "list as exact filtered search, and in-process ms per query:", "",
+                      "| products | index | category: same top 10 | ms | narrow: same top 10 | ms |", "|---|---|---|---|---|---|"]
+    for r in report.rows:
+        if r.filtered_same_top10_category is not None:
+            filtered_lines.append(f"| {r.products:,} | {r.kind} | {r.filtered_same_top10_category:.4f} | {r.filtered_ms_category} | "
+                                  f"{r.filtered_same_top10_narrow:.4f} | {r.filtered_ms_narrow} |")
     fmt = lambda v, spec="": "-" if v is None else format(v, spec)  # noqa: E731
     for r in report.rows:
         lines.append(f"| {r.products:,} | {r.kind} | {fmt(r.build_s)} | {fmt(r.index_bytes and r.index_bytes / 1e6, '.0f')} | "
                      f"{fmt(r.recall_at_100, '.4f')} | {fmt(r.ms_per_query_b1)} | {fmt(r.ms_per_query_b16)} | {fmt(r.served_qps)} | "
                      f"{fmt(r.served_p99_ms)} | {fmt(r.ranker_rss_mb, '.0f')} | {fmt(r.ranker_rss_anon_mb, '.0f')} | "
                      f"{fmt(r.cached_qps)} | {fmt(r.cached_p99_ms)} | {fmt(r.cache_hit_rate, '.3f')} | {r.note} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + filtered_lines) + "\n"
 
 
 def plot(report: ScaleReport, path: Path) -> Path:

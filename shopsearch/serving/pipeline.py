@@ -17,6 +17,7 @@ from shopsearch.serving.registry import MODEL_STEPS, STEP_TYPES, load_step
 from shopsearch.serving.tensors import (
     COLLAPSE, EXCLUDE, HISTORY, PRODUCT_IDS, QUERY, SCORES, STRATEGY, TITLES, TOPK, UNKNOWN_IDS,
 )
+from shopsearch.core.filters import SearchFilters, filter_arrays
 from shopsearch.triton.model_config import parameters_of
 from shopsearch.triton.repository import read_config
 from shopsearch.triton.repository import read_version_params, version_numbers
@@ -53,9 +54,11 @@ class InProcessEnsemble:
             state.update(outcome)
         return state
 
-    def search(self, queries: Sequence[str | bytes], top_k: int | None = None, collapse: bool | None = None) -> list[list[Hit]]:
+    def search(self, queries: Sequence[str | bytes], top_k: int | None = None, collapse: bool | None = None,
+               filters: SearchFilters | None = None) -> list[list[Hit]]:
         """The `search` ensemble's answer to a batch of queries (None: the build's defaults)."""
         state: dict[str, np.ndarray] = {QUERY: np.array([[q] for q in queries], dtype=object)}
+        state.update(filter_arrays(filters, len(queries)))
         if top_k is not None:
             state[TOPK] = np.full((len(queries), 1), top_k, dtype=np.int32)
         if collapse is not None:

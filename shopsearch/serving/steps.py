@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from shopsearch.core.embedding import OnnxEmbedder
+from shopsearch.core.filters import FACETS_MANIFEST, CatalogFacets, SearchFilters
 from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
 from shopsearch.core.index import CatalogIndex
 from shopsearch.core.results import CatalogLookup, hits_to_arrays
 from shopsearch.core.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
-from shopsearch.errors import ConfigError, InvalidInputError, ShopSearchError
+from shopsearch.errors import ArtifactError, ConfigError, InvalidInputError, ShopSearchError
 from shopsearch.serving.metrics import CANDIDATE_POOL, TOKEN_COUNTS
 from shopsearch.serving.params import StepParams
 from shopsearch.serving.tensors import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, COLLAPSE, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, CATEGORY, COLLAPSE, IN_STOCK, PRICE_MAX, PRICE_MIN, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
 )
 
 Arrays = dict[str, np.ndarray]
@@ -202,17 +203,50 @@ class RankerStep:
     name = "ranker"
     params_type = RankerParams
 
-    def __init__(self, index: CatalogIndex, query_name: str, n_candidates: int, hybrid: HybridRanker | None = None):
+    def __init__(self, index: CatalogIndex, query_name: str, n_candidates: int, hybrid: HybridRanker | None = None,
+                 facets: CatalogFacets | None = None):
         self.index, self.query_name, self.n_candidates, self.hybrid = index, query_name, n_candidates, hybrid
+        self.facets = facets
 
     @classmethod
     def from_artifacts(cls, version_dir: Path, params: RankerParams) -> "RankerStep":
-        index = CatalogIndex.load(version_dir, expected_embedder_id=params.embedder_id)
+        index = CatalogIndex.load(version_dir, expected_embedder_id=params.embedder_id).prepare()
         hybrid = None
         if params.mode == HYBRID:
             hybrid = HybridRanker(index, LexicalScorer.load(version_dir / LEXICAL_DIR), OnnxReranker(version_dir / RERANKER_ONNX),
                                   params.n_dense, params.n_lexical)
-        return cls(index, params.query_input, params.n_candidates, hybrid)
+        facets = CatalogFacets.load(version_dir) if (version_dir / FACETS_MANIFEST).exists() else None
+        return cls(index, params.query_input, params.n_candidates, hybrid, facets)
+
+    def _allowed(self, arrays: Arrays) -> np.ndarray | None:
+        """The rows a request's filters allow (None: no filter sent)."""
+        filters = SearchFilters(
+            category=single_value(arrays, CATEGORY, self.name,
+                                  lambda v: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)),
+            price_min=single_value(arrays, PRICE_MIN, self.name, float),
+            price_max=single_value(arrays, PRICE_MAX, self.name, float),
+            in_stock=single_value(arrays, IN_STOCK, self.name, bool),
+        )
+        if not filters.active:
+            filters.check(self.name)
+            return None
+        if self.facets is None:
+            raise InvalidInputError(self.name, CATEGORY, "this build has no catalog facets to filter on: rebuild it")
+        allowed = self.facets.mask(filters, self.name)
+        if len(allowed) != len(self.index):
+            raise ArtifactError(f"ranker: facets cover {len(allowed)} products, the index {len(self.index)}")
+        return allowed
+
+    def _search(self, vectors: np.ndarray, texts: list[str], allowed: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        if self.hybrid is not None:
+            pool: list[int] = []
+            indices, scores = self.hybrid.rank(texts, vectors, self.n_candidates, pool, allowed)
+            return indices, scores, np.array(pool, dtype=np.int64)
+        if allowed is None:
+            indices, scores = self.index.search(vectors, self.n_candidates)
+            return indices, scores, np.full(len(vectors), len(self.index), dtype=np.int64)  # every product weighed
+        indices, scores = self.index.search_within(vectors, self.n_candidates, allowed)
+        return indices, scores, np.full(len(vectors), int(allowed.sum()), dtype=np.int64)
 
     def _texts(self, arrays: Arrays, rows: int) -> list[str]:
         if QUERY_TEXT not in arrays:
@@ -226,32 +260,41 @@ class RankerStep:
         queries = [r[self.query_name].astype(np.float32) for r in requests]
         outcomes: list[Outcome | None] = [None] * len(requests)
         texts: dict[int, list[str]] = {}
+        allowed: dict[int, np.ndarray | None] = {}
         for i, q in enumerate(queries):
             try:
                 if q.ndim != 2 or q.shape[1] != self.index.dim:
                     raise InvalidInputError(self.name, self.query_name, f"expected [batch, {self.index.dim}], got {list(q.shape)}")
-                if self.hybrid is not None:
-                    texts[i] = self._texts(requests[i], q.shape[0])
+                texts[i] = self._texts(requests[i], q.shape[0]) if self.hybrid is not None else []
+                allowed[i] = self._allowed(requests[i])
             except ShopSearchError as exc:
                 outcomes[i] = exc
         good = [i for i in range(len(requests)) if outcomes[i] is None]
-        if not good:
-            return outcomes  # type: ignore[return-value]
-        vectors = np.concatenate([queries[i] for i in good])
-        if self.hybrid is not None:
-            pool: list[int] = []
-            indices, scores = self.hybrid.rank([t for i in good for t in texts[i]], vectors, self.n_candidates, pool)
-            pool_sizes = np.array(pool, dtype=np.int64)
-        else:
-            indices, scores = self.index.search(vectors, self.n_candidates)
-            pool_sizes = np.full(len(vectors), len(self.index), dtype=np.int64)  # exact search weighs every product
-        start = 0
-        for i in good:
-            n = queries[i].shape[0]
-            outcomes[i] = {CANDIDATE_INDICES: indices[start : start + n], CANDIDATE_SCORES: scores[start : start + n],
-                           CANDIDATE_POOL: pool_sizes[start : start + n]}
-            start += n
+        # Unfiltered requests are searched as one batch; each filtered one with its own rows.
+        groups = [[i for i in good if allowed[i] is None]] + [[i] for i in good if allowed[i] is not None]
+        for group in (g for g in groups if g):
+            vectors = np.concatenate([queries[i] for i in group])
+            indices, scores, pool_sizes = self._search(vectors, [t for i in group for t in texts[i]], allowed[group[0]])
+            start = 0
+            for i in group:
+                n = queries[i].shape[0]
+                outcomes[i] = {CANDIDATE_INDICES: indices[start : start + n], CANDIDATE_SCORES: scores[start : start + n],
+                               CANDIDATE_POOL: pool_sizes[start : start + n]}
+                start += n
         return outcomes  # type: ignore[return-value]
+
+
+def single_value(arrays: Arrays, name: str, model: str, convert):
+    """An optional [1] input holding one value for every row of a request, converted; None when absent."""
+    if name not in arrays:
+        return None
+    values = arrays[name].reshape(-1)
+    if values.size == 0:
+        raise InvalidInputError(model, name, "holds no value")
+    first = values[0]
+    if any(v != first for v in values[1:].tolist()):
+        raise InvalidInputError(model, name, "must hold one value for every row of a request")
+    return convert(first)
 
 
 def requested_flag(arrays: Arrays, name: str, default: bool, model: str) -> bool:

@@ -20,6 +20,12 @@ COLLAPSE = "COLLAPSE"
 # with it (the Python backend fails a whole execution on one malformed BYTES input).
 QUERY_TEXT = "QUERY_TEXT"
 QUERY_TEXT_BYTES = 512
+# Filters (optional, one value per request): CATEGORY BYTES [1], PRICE_MIN / PRICE_MAX FP32 [1],
+# IN_STOCK BOOL [1]; the ranker applies them (shopsearch.core.filters).
+from shopsearch.core import filters as _filters  # noqa: E402 - the names live with the filter logic
+
+CATEGORY, PRICE_MIN, PRICE_MAX, IN_STOCK = _filters.CATEGORY, _filters.PRICE_MIN, _filters.PRICE_MAX, _filters.IN_STOCK
+
 CANDIDATE_INDICES = "CANDIDATE_INDICES"  # INT64 [n_candidates]: catalog rows, best first (-1 pads)
 CANDIDATE_SCORES = "CANDIDATE_SCORES"
 PRODUCT_IDS = "PRODUCT_IDS"  # BYTES [k]: "" pads a row shorter than k
