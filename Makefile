@@ -152,8 +152,8 @@ eval-rec: venv ## popularity vs transitions vs our recommender (in-process + ser
 	$(BIN)/shopsearch evaluate-rec --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --checkpoint $(REC_CHECKPOINT) \
 		--out reports/eval_rec/$(DATA)
 
-query: venv ## search through the running product API: make query Q="red running shoes"
-	$(BIN)/shopsearch query --gateway $(GATEWAY_URL) "$(Q)"
+query: venv ## search through the running product API: make query Q="red running shoes" [QUERY_ARGS="--category Boots --price-max 80 --in-stock"]
+	$(BIN)/shopsearch query --gateway $(GATEWAY_URL) "$(Q)" $(QUERY_ARGS)
 
 eval: venv ## served ensemble (own server, or URL=...) vs in-process vs BM25 on the dev split -> reports/eval/$(DATA)/ (ABLATION="label=checkpoint ...": training variants in the same run)
 	$(BIN)/shopsearch evaluate --repo $(REPO) $(DATA_ARGS) $(if $(filter command line,$(origin URL)),--url $(URL),--serve) \

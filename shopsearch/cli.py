@@ -162,18 +162,22 @@ def cmd_supervise(args) -> None:
 
 
 def cmd_query(args) -> None:
+    from shopsearch.core.filters import SearchFilters
+
+    filters = SearchFilters(args.category, args.price_min, args.price_max, True if args.in_stock else None)
+    collapse = not args.all_listings
     if args.gateway:
         from shopsearch.clients.gateway import GatewayClient
 
         with GatewayClient(args.gateway) as client:
-            for query, hits in zip(args.queries, client.search(args.queries, k=args.top)):
+            for query, hits in zip(args.queries, client.search(args.queries, k=args.top, collapse=collapse, filters=filters)):
                 print_hits(query, hits)
         return
     from shopsearch.clients.search import SearchClient
 
     client = SearchClient(args.url, args.protocol)
-    for query, hits in zip(args.queries, client.search(args.queries)):
-        print_hits(query, hits[: args.top])
+    for query, hits in zip(args.queries, client.search(args.queries, top_k=args.top, collapse=collapse, filters=filters)):
+        print_hits(query, hits)
     client.close()
 
 
@@ -384,6 +388,11 @@ def _query_commands(sub) -> None:
     p.add_argument("--url", default="127.0.0.1:8000")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--category", help="only products of this catalog category")
+    p.add_argument("--price-min", type=float, help="only products at least this price")
+    p.add_argument("--price-max", type=float, help="only products at most this price")
+    p.add_argument("--in-stock", action="store_true", help="only products in stock")
+    p.add_argument("--all-listings", action="store_true", help="show every listing of an identical title (default: one)")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("recommend", help="next items for a history (or --similar: neighbours of items) from the served ensembles")

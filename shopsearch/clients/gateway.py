@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shopsearch.core.filters import SearchFilters
 from shopsearch.core.results import Hit
 from shopsearch.errors import ShopSearchError
 
@@ -27,8 +28,12 @@ class GatewayClient:
             raise GatewayError(response.status_code, error.get("field", "?"), error.get("message", response.text[:200]))
         return response.json()
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        results = self._post("/v1/search", {"queries": list(queries), "k": k})["results"]
+    def search(self, queries: Sequence[str], k: int = 10, collapse: bool = True,
+               filters: SearchFilters | None = None) -> list[list[Hit]]:
+        body = {"queries": list(queries), "k": k, "collapse": collapse}
+        if filters is not None:
+            body.update({name: value for name, value in vars(filters).items() if value is not None})
+        results = self._post("/v1/search", body)["results"]
         return [[Hit(h["product_id"], h["title"], h["score"]) for h in r["hits"]] for r in results]
 
     def close(self) -> None:

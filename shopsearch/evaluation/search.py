@@ -12,6 +12,7 @@ PyTorch bi-encoder in this process: what each training step contributes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -126,7 +127,12 @@ def evaluate_repository(repo: Path, dataset: Dataset, split: str = "dev", served
         from shopsearch.core.lexical import Bm25Index
 
         measure("bm25", lambda: Bm25Index(dataset.products).run(queries, qids, DEPTH))
-    measure("in_process", lambda: _run(InProcessEnsemble.from_repository(repo).search, queries, qids))
+    pipeline = InProcessEnsemble.from_repository(repo)
+    measure("in_process", lambda: _run(pipeline.search, queries, qids))
+    # What collapsing identical listings (the default) does to the numbers: the same pipeline with
+    # every listing kept (COLLAPSE false). Judgments name product ids, so a collapsed duplicate
+    # that was judged relevant too no longer counts.
+    measure("in_process_all_listings", lambda: _run(functools.partial(pipeline.search, collapse=False), queries, qids))
     if served_url or serve:
         from shopsearch.clients.search import SearchClient
         from shopsearch.ops.server import TritonServer
@@ -160,7 +166,7 @@ def compare(report: dict) -> dict:
 
 
 def _systems(report: dict) -> list[str]:
-    return [s for s in ("bm25", "in_process", "served") if s in report]
+    return [s for s in ("bm25", "in_process", "in_process_all_listings", "served") if s in report]
 
 
 def report_markdown(report: dict) -> str:

@@ -302,6 +302,48 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
         log(f"{n:,} {kind}: " + ", ".join(f"{k} {v}" for k, v in asdict(row).items() if v not in (None, "") and k not in ("products", "kind")))
 
 
+def filters_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
+    """Filtered search again on the indexes a full run left in `work` (after a change to filtered
+    search alone): the same queries, filters and comparison, written to `out`.md/.json."""
+    from shopsearch.core.embedding import OnnxEmbedder, embed_texts
+    from shopsearch.core.filters import CatalogFacets
+    from shopsearch.core.index import CatalogIndex
+    from shopsearch.core.provenance import git_revision
+    from shopsearch.core.tokenization import TextEncoder
+    from shopsearch.data import load_dataset
+
+    base = work / "base" / "model_repository"
+    embedder = OnnxEmbedder(base / "embedder" / "1" / "model.onnx", 0)
+    encoder = TextEncoder.from_file(base / "tokenizer" / "1" / "tokenizer.json", 32)
+    rows = []
+    for n in sizes:
+        dataset = load_dataset("synthetic", n_products=n)
+        query_vectors = embed_texts(embedder, encoder, list(dataset.split("dev")[0].values())[:FILTERED_QUERIES])
+        facets = CatalogFacets.from_products(dataset.products)
+        exact = None
+        for kind in kinds:
+            directory = work / f"n{n}" / kind / "index"
+            if not directory.exists():
+                continue
+            index = CatalogIndex.load(directory)
+            exact = exact or CatalogIndex(index.vectors, index.embedder_id)
+            filters = filter_sets(dataset, exact.search(query_vectors, 1)[0][:, 0])
+            row = {"products": n, "kind": kind}
+            for name, chosen in filters.items():
+                same, ms = filtered_agreement(index, exact, facets, query_vectors, chosen)
+                row[name] = {"same_top10": round(same, 4), "ms": round(ms, 3)}
+            log(f"{n:,} {kind}: {row}")
+            rows.append(row)
+    lines = [f"# Filtered search again (code {git_revision()}): "
+             f"{FILTERED_QUERIES} dev queries on the indexes of the last full run", "",
+             "| products | index | category: same top 10 | ms | narrow: same top 10 | ms |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['products']:,} | {r['kind']} | {r['category']['same_top10']:.4f} | {r['category']['ms']} | "
+              f"{r['narrow']['same_top10']:.4f} | {r['narrow']['ms']} |" for r in rows]
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def markdown(report: ScaleReport) -> str:
     lines = [f"# Catalog search cost from 20k to 2M products ({report.machine})", "",
              f"One `make bench-scale` run (code {report.code_version}) started {report.started_at}, "
@@ -372,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(INDEX_KINDS))
     parser.add_argument("--hnsw-max", type=int, default=200_000, help="skip HNSW above this many products (build time)")
     parser.add_argument("--no-serve", action="store_true", help="in-process numbers only")
+    parser.add_argument("--filters-only", action="store_true",
+                        help="only filtered search, on the indexes the last full run left in --work")
     parser.add_argument("--measurement-ms", type=int, default=4000)
     parser.add_argument("--work", type=Path, default=Path("artifacts/bench_scale"))
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_scale_cpu_2core"))
@@ -384,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe)
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        if args.filters_only:
+            print(filters_only(sorted(int(s) for s in args.sizes.split(",")), kinds, args.work, args.out, log))
+            return 0
         specs = {kind: recipe.index_spec(kind) for kind in kinds}
         base = BaseBuild(args.checkpoint, args.work, log)
         report = ScaleReport(machine=f"{os.cpu_count()}-core CPU", checkpoint=str(args.checkpoint),
