@@ -180,7 +180,7 @@ bench: venv $(PERF_QUERIES) ## served gRPC vs in-process, batching on vs off, co
 bench-gateway: venv ## q/s and p99 at $(CONCURRENCY) through the product API vs direct Triton gRPC on $(REPO) (own servers) -> reports/bench_gateway/
 	$(BIN)/shopsearch bench-gateway --repo $(REPO) $(DATA_ARGS) --concurrency $(CONCURRENCY) --out reports/bench_gateway
 
-bench-scale: venv ## catalog search cost at 20k / 200k / 2M products per index (SIZES=, KINDS=exact,ivf,hnsw; about 2 h on 2 cores) -> loadtests/results/bench_scale_cpu_2core.*
+bench-scale: venv ## catalog search cost at 20k / 200k / 2M products per index (SIZES=, KINDS=exact,ivf,hnsw; 55 min on 2 cores) -> loadtests/results/bench_scale_cpu_2core.*
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no checkpoint in $(CHECKPOINT): run make train"; exit 1; }
 	$(PY) loadtests/bench_scale.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) $(if $(SIZES),--sizes $(SIZES)) $(if $(KINDS),--kinds $(KINDS))
 
