@@ -33,6 +33,7 @@ Q ?= red running shoes
 # PROFILING=1: `make serve` leaves model configs and statistics open on loopback (perf_analyzer over
 # gRPC cannot send the admin key); `make perf-sweep` needs it.
 PROFILING ?= 0
+CACHE ?= 1
 # e.g. SERVE_ARGS=--exit-after-ready: serve, answer the example queries, stop (a smoke test of `make demo`)
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
@@ -135,7 +136,7 @@ bench-models: venv ## embedder q/s and p50/p99: PyTorch eager vs ONNX Runtime FP
 
 serve: venv ## start tritonserver on 127.0.0.1 with the models $(REPO)'s build lists and the product API on $(GATEWAY_URL), show example queries, wait for Ctrl-C
 	$(BIN)/shopsearch serve --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
-		--gateway-port $(GATEWAY_PORT) $(if $(filter 1,$(PROFILING)),--profiling) $(SERVE_ARGS)
+		--gateway-port $(GATEWAY_PORT) $(if $(filter 1,$(PROFILING)),--profiling) $(if $(filter 0,$(CACHE)),--no-response-cache) $(SERVE_ARGS)
 
 deploy: venv ## publish $(CHECKPOINT) over DATA's catalog as the next generation of the running `make serve`, under traffic
 	$(BIN)/shopsearch deploy --repo $(REPO) --url $(URL) --checkpoint $(CHECKPOINT) $(DATA_ARGS)
@@ -168,7 +169,7 @@ ladder: venv $(PERF_QUERIES) ## the compression ladder in one run: RUNGS="label=
 artifacts/perf_data/%_queries.json: | venv
 	$(BIN)/shopsearch write-perf-queries $(DATA_ARGS) --out $@
 
-perf-sweep: venv $(PERF_QUERIES) ## perf_analyzer over gRPC for every model and the ensemble against the running `make serve PROFILING=1` -> reports/perf_sweep/
+perf-sweep: venv $(PERF_QUERIES) ## perf_analyzer over gRPC for every model and the ensemble against the running `make serve PROFILING=1 CACHE=0` -> reports/perf_sweep/
 	$(PY) loadtests/perf_sweep.py --repo $(REPO) --grpc-url 127.0.0.1:$(GRPC_PORT) --queries $(PERF_QUERIES)
 
 tune: venv $(PERF_QUERIES) ## sweep instances + dynamic batching per model of $(REPO) (own servers, perf_analyzer) -> $(TUNING), applied by build-repo

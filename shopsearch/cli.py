@@ -48,7 +48,8 @@ def cmd_serve(args) -> None:
     # Explicit model control (for `make deploy` / `make rollback`) only behind the admin key.
     admin_key = None if args.no_model_control else ensure_admin_key(Path(args.admin_key_file))
     server = TritonServer(repo, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                          log_path=log_path, admin_key=admin_key, profiling=args.profiling)
+                          log_path=log_path, admin_key=admin_key, profiling=args.profiling,
+                          response_cache=not args.no_response_cache)
     print(f"starting tritonserver on 127.0.0.1 with {repo} ...", flush=True)
     server.start(timeout=args.timeout)
     gateway = None
@@ -342,6 +343,8 @@ def _server_commands(sub) -> None:
     p.add_argument("--probe-interval", type=float, default=5.0, help="seconds between the supervisor's probe queries")
     p.add_argument("--profiling", action="store_true",
                    help="leave model configs and statistics open on loopback for perf_analyzer (make perf-sweep)")
+    p.add_argument("--no-response-cache", action="store_true",
+                   help="no response cache even where the build asks for one (measuring the models: make perf-sweep)")
     p.add_argument("--gateway-host", default="127.0.0.1", help="where the product API listens (0.0.0.0: every interface)")
     p.add_argument("--gateway-port", type=int, default=8080, help="the product API clients call (0: none)")
     p.set_defaults(func=cmd_serve)

@@ -125,3 +125,14 @@ def test_requests_with_different_filters_batched_together_each_get_their_own(uni
         rows = outcome[CANDIDATE_INDICES][0]
         assert {tiny_dataset.products[r].category for r in rows[rows >= 0]} == {category}
     assert len({tiny_dataset.products[r].category for r in plain[CANDIDATE_INDICES][0]}) > 2
+
+
+def test_a_repository_built_before_facets_refuses_filters_naming_the_input_and_still_searches():
+    from shopsearch.serving.steps import RankerStep
+    from shopsearch.serving.tensors import CANDIDATE_INDICES, PRICE_MAX
+
+    vectors, queries = clustered_catalog(n=200, dim=8, clusters=4)
+    ranker = RankerStep(CatalogIndex(vectors, "e"), "q", 5)  # no facets: an older build's ranker
+    plain, filtered = ranker.run([{"q": queries[:1]}, {"q": queries[:1], PRICE_MAX: np.array([[50.0]], np.float32)}])
+    assert plain[CANDIDATE_INDICES].shape == (1, 5)
+    assert isinstance(filtered, InvalidInputError) and "ranker: PRICE_MAX: this build has no catalog facets" in str(filtered)

@@ -12,7 +12,8 @@ import dataclasses
 from shopsearch.export.onnx import OnnxSignature, TensorIO
 from shopsearch.serving.steps import HYBRID, EmbedderParams, RankerParams, SearchPostprocessParams, TokenizerParams
 from shopsearch.serving.tensors import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, CATEGORY, COLLAPSE, IN_STOCK, PRICE_MAX, PRICE_MIN, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, CATEGORY, COLLAPSE, IN_STOCK, PRICE_MAX, PRICE_MIN, PRODUCT_IDS, QUERY, QUERY_TEXT,
+    QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
 )
 from shopsearch.triton.model_config import DynamicBatching, OnnxRuntimeModelConfig, PythonModelConfig, TensorRTModelConfig, TensorSpec
 

@@ -119,8 +119,8 @@ def array_file_sha256(path: Path, chunk: int = 1 << 24) -> str:
 
 class CatalogIndex:
     """The catalog's vectors [n, dim] float32 and, when `spec` is approximate, the faiss index over
-    them that answers `search` (the vectors then stay memory-mapped: only the hybrid ranker's
-    candidate rescoring reads them)."""
+    them that answers `search`. The vectors then stay memory-mapped: only the rows an IVF search
+    rescores, a filter scores exactly, or the hybrid ranker's candidates need are read."""
 
     def __init__(self, vectors: np.ndarray, embedder_id: str, spec: IndexSpec = IndexSpec(), ann=None):
         if vectors.ndim != 2 or vectors.dtype != np.float32:

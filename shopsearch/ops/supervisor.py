@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import threading
 import time
 
@@ -59,6 +60,12 @@ class Supervisor:
         finally:
             client.close()
 
+    def probe_text(self) -> str:
+        """The probe query with a fresh random number: a repeated probe would be answered from
+        Triton's response cache without reaching the models, and a dead stub would go unnoticed
+        (random, not counted: a restarted supervisor must not repeat an earlier process's probes)."""
+        return f"{self.probe_query} {secrets.randbelow(10**9)}"
+
     def check_once(self) -> str | None:
         """One probe; returns what was repaired, or None when all was well."""
         from shopsearch.clients.search import SearchClient
@@ -70,7 +77,7 @@ class Supervisor:
             return self._record(f"tritonserver had exited (code {code}); restarted and ready")
         client = SearchClient(self.http_url, timeout_s=30)
         try:
-            client.search([self.probe_query])
+            client.search([self.probe_text()])
             return None
         except Exception as exc:  # noqa: BLE001 - any probe failure is examined below
             dead = DEAD_STUB.search(str(exc))

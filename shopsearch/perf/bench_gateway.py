@@ -86,7 +86,7 @@ def start_gateway_process(grpc_url: str, port: int, timeout: float = 60.0) -> su
 def bench_gateway(repo: Path, queries: list[str], concurrency: int = 16, seconds: float = 20.0, rounds: int = 3,
                   log=print) -> dict:
     rows: dict[str, list[dict]] = {"direct_grpc": [], "gateway": []}
-    with TritonServer(repo) as server:
+    with TritonServer(repo, response_cache=False) as server:  # repeated queries: measure the path, not the cache
         port = free_port()
         gateway = start_gateway_process(server.grpc_url, port)
         try:

@@ -168,7 +168,8 @@ def _serve_and_measure(repo: Path, input_data: Path, work: Path, concurrency: in
     import tritonclient.grpc as grpcclient
 
     out: dict = {}
-    with TritonServer(repo, log_path=work / "tritonserver.log", profiling=True) as server:
+    # No response cache: the benchmark repeats its queries; it measures the models and batching.
+    with TritonServer(repo, log_path=work / "tritonserver.log", profiling=True, response_cache=False) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         before = execution_compute_ns(client, composing)
         cpu_before = {**_process_cpu(server), "perf_analyzer": _children_cpu_seconds()}

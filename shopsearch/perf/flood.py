@@ -2,7 +2,9 @@
 
 Locust and perf_analyzer measure closed loops (a fixed number of users waiting for answers); an
 overload is the opposite: requests keep arriving whatever the latency. `flood` sends `n` requests
-as fast as gRPC's async client can issue them and records each one's latency and error.
+as fast as gRPC's async client can issue them and records each one's latency and error. Each
+request's text is distinct (the query and its number): Triton's response cache would answer a
+repeated one without running the models, and an overload is what the cache cannot absorb.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ def flood(grpc_url: str, n: int, query: str = "red running shoes", model: str = 
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
-    payload = np.array([[query.encode()]], dtype=object)
     accepted: list[float] = []
     rejected: list[float] = []
     errors: Counter = Counter()
@@ -71,9 +72,9 @@ def flood(grpc_url: str, n: int, query: str = "red running shoes", model: str = 
                 finished.set()
 
     started = time.perf_counter()
-    for _ in range(n):
+    for i in range(n):
         tensor = grpcclient.InferInput(QUERY, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(payload)
+        tensor.set_data_from_numpy(np.array([[f"{query} {i}".encode()]], dtype=object))
         sent_at = time.perf_counter()
         # tritonclient calls back with keywords: callback(result=..., error=...).
         client.async_infer(model, [tensor], lambda result, error, s=sent_at: callback(result, error, s),

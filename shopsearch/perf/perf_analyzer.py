@@ -139,7 +139,9 @@ def measure_repository(repo: Path, input_data: Path, concurrency: int, work: Pat
     """Serve `repo` on a fresh tritonserver (free ports) and measure `model` over gRPC at one concurrency."""
     from shopsearch.ops.server import TritonServer
 
-    with TritonServer(repo, log_path=work / "tritonserver.log", profiling=True) as server:
+    # No response cache: perf_analyzer cycles through a few hundred queries, which the cache would
+    # answer after one pass; this measures the models (make bench-scale measures the cache).
+    with TritonServer(repo, log_path=work / "tritonserver.log", profiling=True, response_cache=False) as server:
         return run_perf_analyzer(model, server.grpc_url, input_data, [concurrency], work / "csv", measurement_ms)[0]
 
 

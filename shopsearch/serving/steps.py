@@ -26,7 +26,8 @@ from shopsearch.errors import ArtifactError, ConfigError, InvalidInputError, Sho
 from shopsearch.serving.metrics import CANDIDATE_POOL, TOKEN_COUNTS
 from shopsearch.serving.params import StepParams
 from shopsearch.serving.tensors import (
-    CANDIDATE_INDICES, CANDIDATE_SCORES, CATEGORY, COLLAPSE, IN_STOCK, PRICE_MAX, PRICE_MIN, PRODUCT_IDS, QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
+    CANDIDATE_INDICES, CANDIDATE_SCORES, CATEGORY, COLLAPSE, FILTER_INPUTS, IN_STOCK, PRICE_MAX, PRICE_MIN, PRODUCT_IDS,
+    QUERY, QUERY_TEXT, QUERY_TEXT_BYTES, SCORES, TITLES, TOPK,
 )
 
 Arrays = dict[str, np.ndarray]
@@ -231,7 +232,8 @@ class RankerStep:
             filters.check(self.name)
             return None
         if self.facets is None:
-            raise InvalidInputError(self.name, CATEGORY, "this build has no catalog facets to filter on: rebuild it")
+            sent = next(name for name in FILTER_INPUTS if name in arrays)
+            raise InvalidInputError(self.name, sent, "this build has no catalog facets to filter on: rebuild it")
         allowed = self.facets.mask(filters, self.name)
         if len(allowed) != len(self.index):
             raise ArtifactError(f"ranker: facets cover {len(allowed)} products, the index {len(self.index)}")
@@ -244,7 +246,7 @@ class RankerStep:
             return indices, scores, np.array(pool, dtype=np.int64)
         if allowed is None:
             indices, scores = self.index.search(vectors, self.n_candidates)
-            return indices, scores, np.full(len(vectors), len(self.index), dtype=np.int64)  # every product weighed
+            return indices, scores, np.full(len(vectors), len(self.index), dtype=np.int64)  # the catalog searched
         indices, scores = self.index.search_within(vectors, self.n_candidates, allowed)
         return indices, scores, np.full(len(vectors), int(allowed.sum()), dtype=np.int64)
 

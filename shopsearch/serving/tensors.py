@@ -25,6 +25,7 @@ QUERY_TEXT_BYTES = 512
 from shopsearch.core import filters as _filters  # noqa: E402 - the names live with the filter logic
 
 CATEGORY, PRICE_MIN, PRICE_MAX, IN_STOCK = _filters.CATEGORY, _filters.PRICE_MIN, _filters.PRICE_MAX, _filters.IN_STOCK
+FILTER_INPUTS = _filters.FILTER_INPUTS
 
 CANDIDATE_INDICES = "CANDIDATE_INDICES"  # INT64 [n_candidates]: catalog rows, best first (-1 pads)
 CANDIDATE_SCORES = "CANDIDATE_SCORES"
