@@ -170,6 +170,22 @@ def test_tritons_statuses_map_to_the_clients():
     assert upstream_error(ConnectionRefusedError("refused")).status == 502
 
 
+def test_grpc_statuses_map_to_the_clients():
+    """The gateway calls Triton with grpc.aio itself: its errors carry code() and details()."""
+    import grpc
+    from grpc.aio import AioRpcError, Metadata
+
+    def mapped(code, details="d"):
+        return upstream_error(AioRpcError(code, Metadata(), Metadata(), details))
+    invalid = mapped(grpc.StatusCode.INVALID_ARGUMENT, "in ensemble 'search', unexpected inference input 'X'")
+    assert invalid.status == 400 and "unexpected inference input 'X'" in invalid.message
+    assert mapped(grpc.StatusCode.UNAVAILABLE).status == 503
+    assert mapped(grpc.StatusCode.INTERNAL, "Exceeds maximum queue size").status == 503
+    assert mapped(grpc.StatusCode.DEADLINE_EXCEEDED).status == 504
+    internal = mapped(grpc.StatusCode.INTERNAL, "Traceback (most recent call last): /srv/x.py")
+    assert internal.status == 502 and "Traceback" not in internal.message
+
+
 def test_json_depth_counts_brackets_outside_strings_only():
     assert not json_depth_exceeds(b'{"query": "[[[[[[[[[[[[{{{{{{"}', 3)
     assert not json_depth_exceeds(b'{"query": "a\\"[[[[[["}', 3)

@@ -31,12 +31,19 @@ class Backend(Protocol):
     async def ready(self) -> bool: ...
 
 
+def _status_and_text(exc: Exception) -> tuple[str, str]:
+    """A grpc error's (code(), details()) or a tritonclient exception's (status(), message())."""
+    for status_of, text_of in (("code", "details"), ("status", "message")):
+        if callable(getattr(exc, status_of, None)):
+            return str(getattr(exc, status_of)() or ""), str(getattr(exc, text_of)() or exc)
+    return "", str(exc)
+
+
 def upstream_error(exc: Exception) -> UpstreamError:
     """Triton's status -> the client's: INVALID_ARGUMENT is the request's fault (400, Triton's
     message names the model and the field); UNAVAILABLE is overload or a restart (503, retry);
     DEADLINE_EXCEEDED a timeout (504); anything else an upstream fault (502, no internals shown)."""
-    status = str(getattr(exc, "status", lambda: "")() or "")
-    text = str(getattr(exc, "message", lambda: "")() or exc)
+    status, text = _status_and_text(exc)
     if "INVALID_ARGUMENT" in status:
         return UpstreamError(400, "request", text[:300])
     if "UNAVAILABLE" in status or "Exceeds maximum queue size" in text:
@@ -47,38 +54,38 @@ def upstream_error(exc: Exception) -> UpstreamError:
 
 
 class TritonBackend:
-    """Triton over asyncio gRPC (tritonclient.grpc.aio): one channel, many calls in flight on the
-    gateway's event loop, no thread per request. The client is made on that loop, at first use."""
+    """Triton over asyncio gRPC (`shopsearch.gateway.triton_grpc`): one channel, many calls in flight
+    on the gateway's event loop, no thread per request. The channel is made on that loop, at first use."""
 
     def __init__(self, grpc_url: str, timeout_s: float):
         self.grpc_url, self.timeout_s = grpc_url, timeout_s
-        self._client = None
+        self._triton = None
 
-    def _aio(self):
-        import tritonclient.grpc.aio as aio
+    def _grpc(self):
+        from shopsearch.gateway import triton_grpc
 
-        if self._client is None:
-            self._client = aio.InferenceServerClient(self.grpc_url)
-        return aio, self._client
+        if self._triton is None:
+            self._triton = triton_grpc.TritonGrpc(self.grpc_url)
+        return triton_grpc, self._triton
 
     async def search(self, queries: list[str], k: int, collapse: bool = True,
                      filters: SearchFilters | None = None) -> list[list[Hit]]:
         from shopsearch.clients.search import query_batch, search_hits, search_request
 
-        aio, client = self._aio()
-        inputs, outputs = search_request(aio, query_batch(queries), k, collapse, filters)
+        flavour, triton = self._grpc()
+        inputs, outputs = search_request(flavour, query_batch(queries), k, collapse, filters)
         try:
-            return search_hits(await client.infer("search", inputs, outputs=outputs, client_timeout=self.timeout_s))
+            return search_hits(await triton.infer("search", inputs, outputs, self.timeout_s))
         except Exception as exc:  # noqa: BLE001 - every Triton failure is sorted for the client
             raise upstream_error(exc) from None
 
     async def _recommendations(self, model: str, ids_input: str, ids: list[str], k: int, exclude: list[str]) -> Recommendation:
         from shopsearch.clients.recs import rec_answers, rec_request
 
-        aio, client = self._aio()
-        inputs, outputs = rec_request(aio, ids_input, [ids], k, [exclude])
+        flavour, triton = self._grpc()
+        inputs, outputs = rec_request(flavour, ids_input, [ids], k, [exclude])
         try:
-            return rec_answers(await client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout_s))[0]
+            return rec_answers(await triton.infer(model, inputs, outputs, self.timeout_s))[0]
         except Exception as exc:  # noqa: BLE001
             raise upstream_error(exc) from None
 
@@ -94,11 +101,11 @@ class TritonBackend:
 
     async def ready(self) -> bool:
         try:
-            _, client = self._aio()
-            return await client.is_server_ready() and await client.is_model_ready("search")
+            _, triton = self._grpc()
+            return await triton.ready("search", self.timeout_s)
         except Exception:  # noqa: BLE001 - not ready is the answer
             return False
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+        if self._triton is not None:
+            await self._triton.close()
