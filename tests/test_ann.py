@@ -181,3 +181,34 @@ def test_a_breadth_left_to_the_build_is_the_smallest_that_reaches_the_recall(kin
     # The chosen breadth is what the served index searches with.
     assert getattr(CatalogIndex.load(tmp_path).spec, field) == chosen
     assert report["recall@100_vs_exact"] == tried[-1]["recall"]
+
+
+class _Untouchable:
+    """Stands in for the float32 vectors of an index that must never read them (their shape only)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __getitem__(self, rows):
+        raise AssertionError("the float32 catalog vectors were read")
+
+
+def test_ivf_without_rescoring_serves_8_bit_scores_and_never_reads_the_float32_vectors(tmp_path):
+    vectors, queries = clustered_catalog()
+    CatalogIndex.build(vectors, "e", IndexSpec(kind="ivf", nprobe=16, rescore=0)).save(tmp_path)
+    index = CatalogIndex.load(tmp_path)
+    raw_rows, raw_scores = ann_search(index.ann, queries, 20)
+    index.vectors = _Untouchable(vectors.shape)
+    rows, scores = index.search(queries, 20)
+    np.testing.assert_array_equal(rows, raw_rows)  # the 8-bit answer as it is: no rescoring ...
+    np.testing.assert_array_equal(scores, raw_scores)
+    exact = CatalogIndex(vectors, "e").exact_search(queries, 20)[0]
+    assert recall_at(rows, exact) > 0.9  # ... still close to exact search
+    decoded = index.row_vectors(np.array([5, 0, 3999]))  # filters and the hybrid ranker read rows decoded
+    np.testing.assert_allclose(decoded, vectors[[5, 0, 3999]], atol=0.02)
+    few = np.zeros(len(vectors), dtype=bool)
+    few[::100] = True  # few allowed rows: all scored, from the codes
+    found, _ = index.search_within(queries, 5, few)
+    assert few[found].all()
+    rescored = CatalogIndex.build(vectors, "e", IndexSpec(kind="ivf", nprobe=16))
+    assert recall_at(rescored.search(queries, 20)[0], exact) >= recall_at(rows, exact)

@@ -48,3 +48,22 @@ def test_catalog_chunks_resume_where_a_run_stopped_and_a_new_embedder_starts_ove
     other = CountingEmbedder()
     bench_scale.embed_catalog(other, encoder, texts, tmp_path / "chunks", "embedder-b")
     assert other.texts == 350  # another embedder's vectors are never reused
+
+
+def test_cold_timing_drops_the_mapped_vectors_and_answers_the_same(tmp_path):
+    import pytest
+
+    from shopsearch.core.ann import IndexSpec
+    from shopsearch.core.index import CatalogIndex
+    from shopsearch.errors import ShopSearchError
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    queries = rng.standard_normal((5, 16)).astype(np.float32)
+    CatalogIndex.build(vectors, "e", IndexSpec(kind="ivf", nprobe=8)).save(tmp_path)
+    index = CatalogIndex.load(tmp_path)
+    warm = index.search(queries, 10)
+    assert bench_scale.time_search_cold(index, queries, 10) > 0
+    np.testing.assert_array_equal(index.search(queries, 10)[0], warm[0])  # re-read from the file, same answer
+    with pytest.raises(ShopSearchError, match="in memory"):
+        bench_scale.drop_vector_pages(CatalogIndex(vectors, "e"))

@@ -8,6 +8,10 @@ linearly with the catalog:
   IndexIVFScalarQuantizer, inner product). A query scores the products of its `nprobe` nearest
   cells only. One byte per dimension (a quarter of float32); its candidates are rescored exactly
   from the float32 vectors (CatalogIndex). Built in 12.5 minutes at 2 million products on 2 cores.
+  `rescore = 0` serves the 8-bit scores as they are and never reads the float32 vectors: the
+  memory-bounded choice (at 2M x 256 the codes are 0.5 GB, the float32 vectors 2 GB, and a
+  rescoring ranker needs them in RAM: with their pages dropped a query took 35 ms instead of
+  0.65 at 200,000 products), at the price of exact order (`make bench-scale` measures both).
 - `hnsw`: a navigable small-world graph over the float32 vectors (IndexHNSWFlat). Fast answers
   and exact scores, but the graph is slow to build on few cores (31 s for the synthetic shop at
   200,000 products, 4 minutes for 200,000 random 256-d vectors) and holds the float32 vectors.
@@ -48,16 +52,20 @@ class IndexSpec:
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128  # hnsw: candidate list while searching (>= k); 0 = the smallest that reaches min_recall
-    rescore: int = 2  # ivf: candidates fetched per result, then scored exactly from the float32 vectors
+    # ivf: candidates fetched per result, then scored exactly from the float32 vectors; 0 = no
+    # rescoring: answers ranked by the 8-bit scores, the float32 vectors never read while serving.
+    rescore: int = 2
     min_recall: float = 0.98  # the build fails when recall@100 against exact search on dev is lower
     seed: int = 0  # k-means initialisation
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ConfigError("index", "kind", f"'{self.kind}' is not one of {INDEX_KINDS}")
-        for name in ("hnsw_m", "ef_construction", "rescore"):
+        for name in ("hnsw_m", "ef_construction"):
             if getattr(self, name) < 1:
                 raise ConfigError("index", name, f"must be at least 1, got {getattr(self, name)}")
+        if self.rescore < 0:
+            raise ConfigError("index", "rescore", f"must be 0 (8-bit scores as they are) or positive, got {self.rescore}")
         for name in ("nprobe", "ef_search"):
             if getattr(self, name) < 0:
                 raise ConfigError("index", name, f"must be 0 (tuned on dev by the build) or positive, got {getattr(self, name)}")
@@ -69,6 +77,11 @@ class IndexSpec:
     @property
     def approximate(self) -> bool:
         return self.kind != "exact"
+
+    @property
+    def reads_vectors(self) -> bool:
+        """Whether searches read the float32 catalog vectors (everything but IVF without rescoring)."""
+        return not (self.kind == "ivf" and self.rescore == 0)
 
     @property
     def tuned_field(self) -> str | None:

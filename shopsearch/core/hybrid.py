@@ -220,8 +220,9 @@ class HybridRanker:
         lexical_top = _ordered_top(ranked_bm25, self.n_lexical, positive_only=True)
         rows = np.unique(np.concatenate([dense_top, lexical_top]))
         # Dense scores of the candidates only (a few hundred rows), not of the whole catalog.
-        dense_scores = self.dense.vectors[rows] @ query_vector
-        best_dense = float(self.dense.vectors[dense_top[0]] @ query_vector) if dense_top.size else float(dense_scores.max(initial=0.0))
+        dense_scores = self.dense.row_vectors(rows) @ query_vector
+        best_dense = (float(self.dense.row_vectors(dense_top[:1])[0] @ query_vector) if dense_top.size
+                      else float(dense_scores.max(initial=0.0)))
         lexical = lexical_features(self.lexical, text, rows, self.n_lexical, scored, lexical_top)
         features = np.column_stack([
             dense_scores,

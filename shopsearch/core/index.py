@@ -120,7 +120,8 @@ def array_file_sha256(path: Path, chunk: int = 1 << 24) -> str:
 class CatalogIndex:
     """The catalog's vectors [n, dim] float32 and, when `spec` is approximate, the faiss index over
     them that answers `search`. The vectors then stay memory-mapped: only the rows an IVF search
-    rescores, a filter scores exactly, or the hybrid ranker's candidates need are read."""
+    rescores, a filter scores exactly, or the hybrid ranker's candidates need are read. An IVF index
+    without rescoring (`rescore = 0`) never reads them: those rows come decoded from its 8-bit codes."""
 
     def __init__(self, vectors: np.ndarray, embedder_id: str, spec: IndexSpec = IndexSpec(), ann=None):
         if vectors.ndim != 2 or vectors.dtype != np.float32:
@@ -130,6 +131,8 @@ class CatalogIndex:
         self.vectors = vectors
         self.embedder_id = embedder_id
         self.spec, self.ann = spec, ann
+        if not spec.reads_vectors:
+            ann.make_direct_map()  # row -> its code, for `row_vectors` (8 bytes per product)
         self._checksum: str | None = None
         self._exact: ExactSearch | None = None
         self._exact_lock = threading.Lock()
@@ -158,17 +161,24 @@ class CatalogIndex:
             return rows[:, :k], scores[:, :k]
         return self.exact_search(queries, k)
 
+    def row_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), dim]: the catalog's vectors of `rows`, or, for an IVF index that does
+        not rescore, those decoded from its 8-bit codes (the float32 file stays untouched)."""
+        if self.spec.reads_vectors:
+            return np.asarray(self.vectors[rows])
+        return self.ann.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64)).astype(np.float32, copy=False)
+
     def _fetch(self, k: int) -> int:
         """Candidates to ask the approximate index for: IVF fetches `rescore` per result (8-bit
         scores misorder near ties; the exact rescoring keeps the best k of them)."""
-        return min(k * self.spec.rescore, len(self)) if self.spec.kind == "ivf" else k
+        return min(k * self.spec.rescore, len(self)) if self.spec.kind == "ivf" and self.spec.rescore else k
 
     def _rescored(self, queries: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An IVF index scores 8-bit codes: its candidates get their exact float32 scores from the
         (memory-mapped) vectors and are ordered by those, then by row, as exact search orders them.
         The set found is the index's; its order and scores are exact (0.35 of top-10 lists came
         out in exact order from the 8-bit scores alone on a clustered test catalog)."""
-        if self.spec.kind != "ivf" or rows.size == 0:
+        if self.spec.kind != "ivf" or not self.spec.rescore or rows.size == 0:
             return rows, scores  # HNSW keeps float32 vectors: its scores are exact already
         found = rows >= 0
         vectors = np.asarray(self.vectors[np.where(found, rows, 0).reshape(-1)]).reshape(*rows.shape, self.dim)
@@ -188,7 +198,7 @@ class CatalogIndex:
         if rows.size == 0 or len(queries) == 0:
             return (np.full((len(queries), k_out), -1, dtype=np.int64), np.full((len(queries), k_out), -np.inf, dtype=np.float32))
         if self.ann is None or rows.size <= EXACT_WITHIN_MAX:
-            scores = (np.asarray(self.vectors[rows]) @ np.asarray(queries, dtype=np.float32).T).T  # [batch, allowed]
+            scores = (self.row_vectors(rows) @ np.asarray(queries, dtype=np.float32).T).T  # [batch, allowed]
             top, top_scores = top_k_rows(scores, min(k_out, rows.size))
             found = rows[top]
         else:

@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class ScaleRow:
     recall_at_100: float | None = None
     ms_per_query_b1: float | None = None
     ms_per_query_b16: float | None = None
+    ms_per_query_b1_cold: float | None = None  # batch 1, the float32 vectors' pages dropped before each query
     served_qps: float | None = None
     served_p99_ms: float | None = None
     ranker_rss_mb: float | None = None  # the ranker stub's VmRSS under load
@@ -122,6 +123,35 @@ def time_search(index, queries: np.ndarray, batch: int, max_queries: int, k: int
     return (time.perf_counter() - started) * 1000 / len(queries)
 
 
+def drop_vector_pages(index) -> None:
+    """Evict the catalog's float32 vectors from this process and from the host's page cache (clean
+    file pages: no privilege needed), so the next search reads what it needs of them from disk."""
+    import mmap
+
+    vectors = index.vectors
+    if not isinstance(vectors, np.memmap):
+        raise ShopSearchError(f"{index.spec.kind} index: its vectors are in memory, not mapped from a file")
+    vectors._mmap.madvise(mmap.MADV_DONTNEED)  # numpy's own mapping of the file
+    fd = os.open(vectors.filename, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def time_search_cold(index, queries: np.ndarray, k: int = 100) -> float:
+    """Mean in-process ms per query (batch 1) when the float32 vectors are not in memory: what a
+    ranker costs on a host without room for them in its page cache."""
+    total = 0.0
+    for query in queries:
+        drop_vector_pages(index)
+        started = time.perf_counter()
+        index.search(query[None, :], k)
+        total += time.perf_counter() - started
+    return total * 1000 / len(queries)
+
+
+COLD_QUERIES = 100
 FILTERED_QUERIES = 300
 
 
@@ -261,7 +291,7 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
     facets = CatalogFacets.from_products(dataset.products)
     filters = filter_sets(dataset, exact.search(query_vectors[:FILTERED_QUERIES], 1)[0][:, 0])
     for kind in kinds:
-        row = ScaleRow(n, kind)
+        row = ScaleRow(n, kind if specs[kind].reads_vectors else f"{kind}, rescore 0")
         report.rows.append(row)
         if kind == "hnsw" and n > hnsw_max:
             row.note = f"not built: HNSW above {hnsw_max:,} products takes too long to build on this machine"
@@ -281,6 +311,8 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
             loaded.search(query_vectors[:1], 100)  # the ONNX session is built on first use: not a query's cost
         row.ms_per_query_b1 = round(time_search(loaded, query_vectors, 1, 200), 3)
         row.ms_per_query_b16 = round(time_search(loaded, query_vectors, 16, 640), 3)
+        if specs[kind].approximate:
+            row.ms_per_query_b1_cold = round(time_search_cold(loaded, query_vectors[:COLD_QUERIES]), 3)
         for name, chosen in filters.items():
             same, ms = filtered_agreement(loaded, exact, facets, query_vectors[:FILTERED_QUERIES], chosen)
             setattr(row, f"filtered_same_top10_{name}", round(same, 4))
@@ -300,6 +332,43 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
                 row.note = f"served measurement failed: {str(exc)[-200:]}"
             shutil.rmtree(kind_work / "model_repository")  # a copy of the index: gigabytes at 2M
         log(f"{n:,} {kind}: " + ", ".join(f"{k} {v}" for k, v in asdict(row).items() if v not in (None, "") and k not in ("products", "kind")))
+
+
+def cold_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
+    """In-process ms per query at batch 1 with the float32 vectors in memory and not, on the
+    approximate indexes a run left in `work`, written to `out`.md/.json."""
+    from shopsearch.core.embedding import OnnxEmbedder, embed_texts
+    from shopsearch.core.index import CatalogIndex
+    from shopsearch.core.provenance import git_revision
+    from shopsearch.core.tokenization import TextEncoder
+    from shopsearch.data import load_dataset
+
+    base = work / "base" / "model_repository"
+    embedder = OnnxEmbedder(base / "embedder" / "1" / "model.onnx", 0)
+    encoder = TextEncoder.from_file(base / "tokenizer" / "1" / "tokenizer.json", 32)
+    rows = []
+    for n in sizes:
+        queries = list(load_dataset("synthetic", n_products=n).split("dev")[0].values())[:COLD_QUERIES]
+        query_vectors = embed_texts(embedder, encoder, queries)
+        for kind in kinds:
+            directory = work / f"n{n}" / kind / "index"
+            if kind == "exact" or not directory.exists():
+                continue
+            index = CatalogIndex.load(directory)
+            row = {"products": n, "kind": kind, "rescore": index.spec.rescore if kind == "ivf" else None,
+                   "ms_b1_in_memory": round(time_search(index, query_vectors, 1, COLD_QUERIES), 3),
+                   "ms_b1_not_in_memory": round(time_search_cold(index, query_vectors), 3)}
+            log(f"{n:,} {kind}: {row}")
+            rows.append(row)
+    lines = [f"# Catalog search with the float32 vectors in memory and not (code {git_revision()})", "",
+             f"{COLD_QUERIES} dev queries, batch 1, top 100, in process, one thread; 'not in memory': the vectors' pages "
+             "dropped from the process and the page cache before each query (madvise + posix_fadvise).", "",
+             "| products | index | IVF rescore | ms/query, vectors in memory | ms/query, not in memory |", "|---|---|---|---|---|"]
+    lines += [f"| {r['products']:,} | {r['kind']} | {'-' if r['rescore'] is None else r['rescore']} | {r['ms_b1_in_memory']} | "
+              f"{r['ms_b1_not_in_memory']} |" for r in rows]
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
 
 
 def filters_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
@@ -359,9 +428,10 @@ def markdown(report: ScaleReport) -> str:
     for n, size in report.sizes.items():
         lines.append(f"| {int(n):,} | {size['generate_s']} | {size['embed_s']} | {size['dev_queries']} | {size['vectors_bytes'] / 1e6:.0f} | "
                      f"{size['replay_distinct_requested']:,} / {size['replay_distinct_queries']:,} |")
-    lines += ["", "| products | index | build s | index MB | recall@100 vs exact | ms/query b1 | ms/query b16 | served q/s | p99 ms | "
+    lines += ["", "| products | index | build s | index MB | recall@100 vs exact | ms/query b1 | ms/query b16 | "
+              "ms/query b1, vectors not in memory | served q/s | p99 ms | "
               "ranker RSS MB | of which private | cached q/s | cached p99 ms | cache hit rate | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     filtered_lines = ["", f"Filtered search, {FILTERED_QUERIES} dev queries, each filtered to the category of its best exact "
                       "match (category), or to that category in stock at most its median price (narrow); top 10 the same "
                       "list as exact filtered search, and in-process ms per query:", "",
@@ -373,7 +443,8 @@ def markdown(report: ScaleReport) -> str:
     fmt = lambda v, spec="": "-" if v is None else format(v, spec)  # noqa: E731
     for r in report.rows:
         lines.append(f"| {r.products:,} | {r.kind} | {fmt(r.build_s)} | {fmt(r.index_bytes and r.index_bytes / 1e6, '.0f')} | "
-                     f"{fmt(r.recall_at_100, '.4f')} | {fmt(r.ms_per_query_b1)} | {fmt(r.ms_per_query_b16)} | {fmt(r.served_qps)} | "
+                     f"{fmt(r.recall_at_100, '.4f')} | {fmt(r.ms_per_query_b1)} | {fmt(r.ms_per_query_b16)} | "
+                     f"{fmt(r.ms_per_query_b1_cold)} | {fmt(r.served_qps)} | "
                      f"{fmt(r.served_p99_ms)} | {fmt(r.ranker_rss_mb, '.0f')} | {fmt(r.ranker_rss_anon_mb, '.0f')} | "
                      f"{fmt(r.cached_qps)} | {fmt(r.cached_p99_ms)} | {fmt(r.cache_hit_rate, '.3f')} | {r.note} |")
     return "\n".join(lines + filtered_lines) + "\n"
@@ -416,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-serve", action="store_true", help="in-process numbers only")
     parser.add_argument("--filters-only", action="store_true",
                         help="only filtered search, on the indexes the last full run left in --work")
+    parser.add_argument("--ivf-rescore", type=int, default=None,
+                        help="override the recipe's [index] rescore for ivf (0: 8-bit scores, no float32 vectors read)")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only ms per query with the float32 vectors in memory and not, on the indexes in --work")
     parser.add_argument("--measurement-ms", type=int, default=4000)
     parser.add_argument("--work", type=Path, default=Path("artifacts/bench_scale"))
     parser.add_argument("--out", type=Path, default=Path("loadtests/results/bench_scale_cpu_2core"))
@@ -428,10 +503,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe)
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        if args.cold_only:
+            print(cold_only(sorted(int(s) for s in args.sizes.split(",")), kinds, args.work, args.out, log))
+            return 0
         if args.filters_only:
             print(filters_only(sorted(int(s) for s in args.sizes.split(",")), kinds, args.work, args.out, log))
             return 0
         specs = {kind: recipe.index_spec(kind) for kind in kinds}
+        if args.ivf_rescore is not None and "ivf" in specs:
+            specs["ivf"] = replace(specs["ivf"], rescore=args.ivf_rescore)
         base = BaseBuild(args.checkpoint, args.work, log)
         report = ScaleReport(machine=f"{os.cpu_count()}-core CPU", checkpoint=str(args.checkpoint),
                              embedder=base.served_name, started_at=utc_timestamp(), code_version=git_revision())
