@@ -10,8 +10,9 @@ linearly with the catalog:
   from the float32 vectors (CatalogIndex). Built in 12.5 minutes at 2 million products on 2 cores.
   `rescore = 0` serves the 8-bit scores as they are and never reads the float32 vectors: the
   memory-bounded choice (at 2M x 256 the codes are 0.5 GB, the float32 vectors 2 GB, and a
-  rescoring ranker needs them in RAM: with their pages dropped a query took 35 ms instead of
-  0.65 at 200,000 products), at the price of exact order (`make bench-scale` measures both).
+  rescoring ranker needs them in RAM: with their pages dropped before each query, a query took
+  12-29 ms instead of 0.5-1.4 ms from 20k to 2M products, `bench_scale.py --cold-only`), at the
+  price of exact order (`bench_scale.py --quality-only` measures it).
 - `hnsw`: a navigable small-world graph over the float32 vectors (IndexHNSWFlat). Fast answers
   and exact scores, but the graph is slow to build on few cores (31 s for the synthetic shop at
   200,000 products, 4 minutes for 200,000 random 256-d vectors) and holds the float32 vectors.

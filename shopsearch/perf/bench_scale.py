@@ -371,6 +371,57 @@ def cold_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) ->
     return "\n".join(lines)
 
 
+def quality_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
+    """What an index's answers are worth against exact search's, on every dev query of the shop's
+    judgments: nDCG@10, Recall@100, MRR@10 of the served order (pytrec_eval), and the share of
+    queries whose top 10 is exact search's list, for the indexes a run left in `work`."""
+    from shopsearch.core.embedding import OnnxEmbedder, embed_texts
+    from shopsearch.core.index import CatalogIndex
+    from shopsearch.core.metrics import evaluate_run
+    from shopsearch.core.provenance import git_revision
+    from shopsearch.core.tokenization import TextEncoder
+    from shopsearch.data import load_dataset
+
+    base = work / "base" / "model_repository"
+    embedder = OnnxEmbedder(base / "embedder" / "1" / "model.onnx", 0)
+    encoder = TextEncoder.from_file(base / "tokenizer" / "1" / "tokenizer.json", 32)
+    rows = []
+    for n in sizes:
+        dataset = load_dataset("synthetic", n_products=n)
+        queries, qrels = dataset.split("dev")
+        qids = sorted(queries)
+        query_vectors = embed_texts(embedder, encoder, [queries[q] for q in qids])
+        ids = [p.product_id for p in dataset.products]
+
+        def as_run(found: np.ndarray) -> dict[str, dict[str, float]]:
+            # Scored by position: the metrics see the order the ranker serves, whatever its scores.
+            return {q: {ids[r]: float(100 - i) for i, r in enumerate(row) if r >= 0} for q, row in zip(qids, found)}
+
+        exact_rows = None
+        for kind in kinds:
+            directory = work / f"n{n}" / kind / "index"
+            if not directory.exists():
+                continue
+            index = CatalogIndex.load(directory)
+            if exact_rows is None:
+                exact_rows = CatalogIndex(index.vectors, index.embedder_id).exact_search(query_vectors, 100)[0]
+                rows.append({"products": n, "kind": "exact", "rescore": None, "same_top10_as_exact": 1.0,
+                             **evaluate_run(as_run(exact_rows), qrels, dataset.relevant_min_gain)})
+            found = index.search(query_vectors, 100)[0]
+            same = float(np.mean([list(a[:10]) == list(e[:10]) for a, e in zip(found, exact_rows)]))
+            rows.append({"products": n, "kind": kind, "rescore": index.spec.rescore if kind == "ivf" else None,
+                         "same_top10_as_exact": round(same, 4), **evaluate_run(as_run(found), qrels, dataset.relevant_min_gain)})
+            log(f"{n:,} {kind}: {rows[-1]}")
+    lines = [f"# What each index's answers are worth (code {git_revision()})", "",
+             "Every dev query of the synthetic shop's judgments, top 100 in the order served, pytrec_eval.", "",
+             "| products | index | IVF rescore | nDCG@10 | Recall@100 | MRR@10 | top 10 = exact's list |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['products']:,} | {r['kind']} | {'-' if r['rescore'] is None else r['rescore']} | {r['ndcg@10']:.4f} | "
+              f"{r['recall@100']:.4f} | {r['mrr@10']:.4f} | {r['same_top10_as_exact']:.3f} |" for r in rows]
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def filters_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
     """Filtered search again on the indexes a full run left in `work` (after a change to filtered
     search alone): the same queries, filters and comparison, written to `out`.md/.json."""
@@ -489,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only filtered search, on the indexes the last full run left in --work")
     parser.add_argument("--ivf-rescore", type=int, default=None,
                         help="override the recipe's [index] rescore for ivf (0: 8-bit scores, no float32 vectors read)")
+    parser.add_argument("--quality-only", action="store_true",
+                        help="only nDCG@10 / Recall@100 / MRR@10 of each index's served order, on the indexes in --work")
     parser.add_argument("--cold-only", action="store_true",
                         help="only ms per query with the float32 vectors in memory and not, on the indexes in --work")
     parser.add_argument("--measurement-ms", type=int, default=4000)
@@ -503,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe)
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        if args.quality_only:
+            print(quality_only(sorted(int(s) for s in args.sizes.split(",")), kinds, args.work, args.out, log))
+            return 0
         if args.cold_only:
             print(cold_only(sorted(int(s) for s in args.sizes.split(",")), kinds, args.work, args.out, log))
             return 0
