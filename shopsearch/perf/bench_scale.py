@@ -334,22 +334,30 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
         log(f"{n:,} {kind}: " + ", ".join(f"{k} {v}" for k, v in asdict(row).items() if v not in (None, "") and k not in ("products", "kind")))
 
 
-def cold_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
-    """In-process ms per query at batch 1 with the float32 vectors in memory and not, on the
-    approximate indexes a run left in `work`, written to `out`.md/.json."""
+def query_embedder(work: Path):
+    """texts -> query vectors [n, dim], by the embedder and tokenizer of the run's base repository
+    (the one every size's catalog was embedded with)."""
     from shopsearch.core.embedding import OnnxEmbedder, embed_texts
-    from shopsearch.core.index import CatalogIndex
-    from shopsearch.core.provenance import git_revision
     from shopsearch.core.tokenization import TextEncoder
-    from shopsearch.data import load_dataset
 
     base = work / "base" / "model_repository"
     embedder = OnnxEmbedder(base / "embedder" / "1" / "model.onnx", 0)
     encoder = TextEncoder.from_file(base / "tokenizer" / "1" / "tokenizer.json", 32)
+    return lambda texts: embed_texts(embedder, encoder, texts)
+
+
+def cold_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
+    """In-process ms per query at batch 1 with the float32 vectors in memory and not, on the
+    approximate indexes a run left in `work`, written to `out`.md/.json."""
+    from shopsearch.core.index import CatalogIndex
+    from shopsearch.core.provenance import git_revision
+    from shopsearch.data import load_dataset
+
+    embed = query_embedder(work)
     rows = []
     for n in sizes:
         queries = list(load_dataset("synthetic", n_products=n).split("dev")[0].values())[:COLD_QUERIES]
-        query_vectors = embed_texts(embedder, encoder, queries)
+        query_vectors = embed(queries)
         for kind in kinds:
             directory = work / f"n{n}" / kind / "index"
             if kind == "exact" or not directory.exists():
@@ -375,22 +383,18 @@ def quality_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log)
     """What an index's answers are worth against exact search's, on every dev query of the shop's
     judgments: nDCG@10, Recall@100, MRR@10 of the served order (pytrec_eval), and the share of
     queries whose top 10 is exact search's list, for the indexes a run left in `work`."""
-    from shopsearch.core.embedding import OnnxEmbedder, embed_texts
     from shopsearch.core.index import CatalogIndex
     from shopsearch.core.metrics import evaluate_run
     from shopsearch.core.provenance import git_revision
-    from shopsearch.core.tokenization import TextEncoder
     from shopsearch.data import load_dataset
 
-    base = work / "base" / "model_repository"
-    embedder = OnnxEmbedder(base / "embedder" / "1" / "model.onnx", 0)
-    encoder = TextEncoder.from_file(base / "tokenizer" / "1" / "tokenizer.json", 32)
+    embed = query_embedder(work)
     rows = []
     for n in sizes:
         dataset = load_dataset("synthetic", n_products=n)
         queries, qrels = dataset.split("dev")
         qids = sorted(queries)
-        query_vectors = embed_texts(embedder, encoder, [queries[q] for q in qids])
+        query_vectors = embed([queries[q] for q in qids])
         ids = [p.product_id for p in dataset.products]
 
         def as_run(found: np.ndarray) -> dict[str, dict[str, float]]:
@@ -425,20 +429,16 @@ def quality_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log)
 def filters_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
     """Filtered search again on the indexes a full run left in `work` (after a change to filtered
     search alone): the same queries, filters and comparison, written to `out`.md/.json."""
-    from shopsearch.core.embedding import OnnxEmbedder, embed_texts
     from shopsearch.core.filters import CatalogFacets
     from shopsearch.core.index import CatalogIndex
     from shopsearch.core.provenance import git_revision
-    from shopsearch.core.tokenization import TextEncoder
     from shopsearch.data import load_dataset
 
-    base = work / "base" / "model_repository"
-    embedder = OnnxEmbedder(base / "embedder" / "1" / "model.onnx", 0)
-    encoder = TextEncoder.from_file(base / "tokenizer" / "1" / "tokenizer.json", 32)
+    embed = query_embedder(work)
     rows = []
     for n in sizes:
         dataset = load_dataset("synthetic", n_products=n)
-        query_vectors = embed_texts(embedder, encoder, list(dataset.split("dev")[0].values())[:FILTERED_QUERIES])
+        query_vectors = embed(list(dataset.split("dev")[0].values())[:FILTERED_QUERIES])
         facets = CatalogFacets.from_products(dataset.products)
         exact = None
         for kind in kinds:
