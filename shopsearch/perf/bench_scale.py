@@ -334,6 +334,22 @@ def bench_size(base: BaseBuild, n: int, kinds: list[str], specs: dict[str, Index
         log(f"{n:,} {kind}: " + ", ".join(f"{k} {v}" for k, v in asdict(row).items() if v not in (None, "") and k not in ("products", "kind")))
 
 
+def write_side_report(out: Path, rows: list[dict], lines: list[str]) -> str:
+    """A single-measurement mode's rows to `out`.json and its table to `out`.md; the table back."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def ivf_rescore(index) -> int | None:
+    return index.spec.rescore if index.spec.kind == "ivf" else None
+
+
+def rescore_cell(row: dict) -> str:
+    return "-" if row["rescore"] is None else str(row["rescore"])
+
+
 def query_embedder(work: Path):
     """texts -> query vectors [n, dim], by the embedder and tokenizer of the run's base repository
     (the one every size's catalog was embedded with)."""
@@ -363,7 +379,7 @@ def cold_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) ->
             if kind == "exact" or not directory.exists():
                 continue
             index = CatalogIndex.load(directory)
-            row = {"products": n, "kind": kind, "rescore": index.spec.rescore if kind == "ivf" else None,
+            row = {"products": n, "kind": kind, "rescore": ivf_rescore(index),
                    "ms_b1_in_memory": round(time_search(index, query_vectors, 1, COLD_QUERIES), 3),
                    "ms_b1_not_in_memory": round(time_search_cold(index, query_vectors), 3)}
             log(f"{n:,} {kind}: {row}")
@@ -372,11 +388,9 @@ def cold_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) ->
              f"{COLD_QUERIES} dev queries, batch 1, top 100, in process, one thread; 'not in memory': the vectors' pages "
              "dropped from the process and the page cache before each query (madvise + posix_fadvise).", "",
              "| products | index | IVF rescore | ms/query, vectors in memory | ms/query, not in memory |", "|---|---|---|---|---|"]
-    lines += [f"| {r['products']:,} | {r['kind']} | {'-' if r['rescore'] is None else r['rescore']} | {r['ms_b1_in_memory']} | "
+    lines += [f"| {r['products']:,} | {r['kind']} | {rescore_cell(r)} | {r['ms_b1_in_memory']} | "
               f"{r['ms_b1_not_in_memory']} |" for r in rows]
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return "\n".join(lines)
+    return write_side_report(out, rows, lines)
 
 
 def quality_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
@@ -413,17 +427,15 @@ def quality_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log)
                              **evaluate_run(as_run(exact_rows), qrels, dataset.relevant_min_gain)})
             found = index.search(query_vectors, 100)[0]
             same = float(np.mean([list(a[:10]) == list(e[:10]) for a, e in zip(found, exact_rows)]))
-            rows.append({"products": n, "kind": kind, "rescore": index.spec.rescore if kind == "ivf" else None,
+            rows.append({"products": n, "kind": kind, "rescore": ivf_rescore(index),
                          "same_top10_as_exact": round(same, 4), **evaluate_run(as_run(found), qrels, dataset.relevant_min_gain)})
             log(f"{n:,} {kind}: {rows[-1]}")
     lines = [f"# What each index's answers are worth (code {git_revision()})", "",
              "Every dev query of the synthetic shop's judgments, top 100 in the order served, pytrec_eval.", "",
              "| products | index | IVF rescore | nDCG@10 | Recall@100 | MRR@10 | top 10 = exact's list |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['products']:,} | {r['kind']} | {'-' if r['rescore'] is None else r['rescore']} | {r['ndcg@10']:.4f} | "
+    lines += [f"| {r['products']:,} | {r['kind']} | {rescore_cell(r)} | {r['ndcg@10']:.4f} | "
               f"{r['recall@100']:.4f} | {r['mrr@10']:.4f} | {r['same_top10_as_exact']:.3f} |" for r in rows]
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return "\n".join(lines)
+    return write_side_report(out, rows, lines)
 
 
 def filters_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log) -> str:
@@ -459,9 +471,7 @@ def filters_only(sizes: list[int], kinds: list[str], work: Path, out: Path, log)
              "| products | index | category: same top 10 | ms | narrow: same top 10 | ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['products']:,} | {r['kind']} | {r['category']['same_top10']:.4f} | {r['category']['ms']} | "
               f"{r['narrow']['same_top10']:.4f} | {r['narrow']['ms']} |" for r in rows]
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return "\n".join(lines)
+    return write_side_report(out, rows, lines)
 
 
 def markdown(report: ScaleReport) -> str:
