@@ -15,17 +15,18 @@ from shopsearch.serving.pipeline import InProcessEnsemble
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ivf_repo(tiny_checkpoint, tiny_dataset, tmp_path_factory):
+# rescore 2: candidates rescored exactly from the float32 vectors; 0: the 8-bit scores as they are.
+@pytest.fixture(scope="module", params=[2, 0], ids=["rescored", "8-bit"])
+def ivf_repo(request, tiny_checkpoint, tiny_dataset, tmp_path_factory):
     from shopsearch.build.options import BuildOptions
     from shopsearch.build.search import build_repository
 
     root = tmp_path_factory.mktemp("ivf_build")
     repo = root / "model_repository"
     # nprobe 0: the build picks the fewest cells reaching the recall gate on dev.
+    spec = IndexSpec(kind="ivf", nprobe=0, min_recall=0.98, rescore=request.param)
     report = build_repository(tiny_checkpoint, tiny_dataset, repo, root / "work",
-                              BuildOptions(intra_op_threads=1, index=IndexSpec(kind="ivf", nprobe=0, min_recall=0.98)),
-                              log=lambda m: None)
+                              BuildOptions(intra_op_threads=1, index=spec), log=lambda m: None)
     return repo, report
 
 
