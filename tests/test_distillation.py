@@ -44,7 +44,7 @@ def trained_stage1(tiny_checkpoint, tiny_dataset):
 
 
 def test_groups_put_a_relevant_product_first_then_only_products_bm25_ranks_high(stage1):
-    from shopsearch.core.lexical import Bm25Index
+    from shopsearch.lexical.bm25 import Bm25Index
 
     _, data, _, _ = stage1
     queries, qrels = data.split("train")

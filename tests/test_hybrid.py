@@ -25,12 +25,13 @@ def _dense(dim=8, seed=0):
 
 def test_lexical_scores_sum_terms_and_report_coverage(tmp_path):
     lexical = LexicalScorer.build(PRODUCTS)
-    bm25, coverage, n_terms = lexical.score("steel angle brackets")
-    assert n_terms == 3 and coverage[0] == pytest.approx(1.0) and coverage[4] == pytest.approx(2 / 3)
+    matches = lexical.match("steel angle brackets")
+    bm25, coverage = matches.dense(len(PRODUCTS))
+    assert matches.n_terms == 3 and coverage[0] == pytest.approx(1.0) and coverage[4] == pytest.approx(2 / 3)
     assert bm25[0] > bm25[4] > 0 and bm25[1] == 0 and coverage[1] == 0
     lexical.save(tmp_path / "lexical")
-    again = LexicalScorer.load(tmp_path / "lexical").score("steel angle brackets")
-    np.testing.assert_allclose(again[0], bm25)
+    again = LexicalScorer.load(tmp_path / "lexical").match("steel angle brackets")
+    np.testing.assert_array_equal(again.dense(len(PRODUCTS))[0], bm25)
 
 
 def test_candidates_are_the_union_of_dense_and_lexical_tops_with_finite_features():
@@ -184,3 +185,21 @@ def test_a_reranker_without_popularity_reads_zero_in_training_and_in_the_build(u
     expected = counted if use_popularity else np.zeros_like(counted)
     np.testing.assert_array_equal(served, expected)
     np.testing.assert_array_equal(trained, expected)
+
+
+def test_a_batch_makes_one_reranker_call_and_ranks_as_query_by_query():
+    calls = []
+
+    def scorer(features):
+        calls.append(len(features))
+        return features[:, 0] + features[:, 3]
+
+    dense = _dense()
+    hybrid = HybridRanker(dense, LexicalScorer.build(PRODUCTS), scorer, n_dense=3, n_lexical=3)
+    texts = ["angle bracket", "zzzz", "deck paint"]
+    batched = hybrid.rank(texts, dense.vectors[:3], k=4)
+    assert len(calls) == 1
+    for i, text in enumerate(texts):
+        alone = hybrid.rank([text], dense.vectors[i: i + 1], k=4)
+        np.testing.assert_array_equal(batched[0][i], alone[0][0])
+        np.testing.assert_array_equal(batched[1][i], alone[1][0])

@@ -4,7 +4,7 @@ import pytest
 
 from shopsearch.data.schema import Product
 from shopsearch.errors import InvalidInputError
-from shopsearch.core.lexical import Bm25Index
+from shopsearch.lexical.bm25 import Bm25Index
 
 CATALOG = [Product("p1", "Simpson Strong-Tie 12-Gauge Angle Bracket"), Product("p2", "BEHR Premium DeckOver Paint"),
            Product("p3", "Cordless Drill 20V with Battery"), Product("p4", "Angle Grinder 4.5 in.")]

@@ -155,7 +155,7 @@ def build_groups(dataset: Dataset, split: str, cfg: DistillConfig) -> list[Group
     BM25 score" would separate the group on their own, and the teacher would learn the pooling of
     the judgments instead of relevance. For the same reason the teacher trains only on the groups
     whose first product BM25 retrieved (`retrieved`); the student trains on all of them."""
-    from shopsearch.core.lexical import Bm25Index
+    from shopsearch.lexical.bm25 import Bm25Index
 
     queries, qrels = dataset.split(split)
     qids = sorted(q for q, judged in qrels.items() if max(judged.values(), default=0) >= dataset.relevant_min_gain)
@@ -272,7 +272,7 @@ def evaluate_teacher(teacher: CrossEncoder, pairs: PairEncoder, dataset: Dataset
                      lexical: LexicalScorer | None = None) -> dict:
     """nDCG@10 / MRR@10 of BM25's top `mined_depth` on `split`, in BM25's order and re-ranked by
     the teacher: evidence the teacher knows more than what it teaches (judgments never seen)."""
-    from shopsearch.core.lexical import Bm25Index
+    from shopsearch.lexical.bm25 import Bm25Index
 
     queries, qrels = dataset.split(split)
     qids = sorted(queries)[: cfg.teacher_eval_queries or None]

@@ -1,9 +1,11 @@
 """Hybrid retrieval: lexical (BM25) and dense candidates, merged, then ordered by a learned re-ranker.
 
 Per query: the `n_dense` best products by embedding similarity and the `n_lexical` best by BM25
-form the candidate set; each candidate gets the features below, computed from the two full score
-vectors; the re-ranker (a small MLP, trained on judgments the bi-encoder never saw, served as ONNX)
-scores them, and the best `k` come out. Everything here is numpy in -> numpy out, so the served
+form the candidate set (BM25 ties at the cut: the lower rows); each candidate gets the features
+below, computed from the candidates' dense scores and the query's lexical matches (only the products
+sharing one of its terms: `shopsearch.lexical.matching`); the re-ranker (a small MLP, trained on
+judgments the bi-encoder never saw, served as ONNX) scores a whole batch's candidates in one call,
+and the best `k` come out. Everything here is numpy in -> numpy out, so the served
 ranker and the in-process pipeline run the same code.
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 from shopsearch.data.schema import Product
 from shopsearch.errors import ArtifactError
 from shopsearch.core.index import CatalogIndex
+from shopsearch.lexical.matching import LexicalMatches, QueryTokenizer, TrigramIndex, match_postings
 
 FEATURE_NAMES = (
     "dense_score",  # cosine similarity of query and product embeddings
@@ -60,10 +63,6 @@ def popularity_feature(dataset, use_popularity: bool = True, split: str = "train
     return catalog_popularity(dataset, split)
 
 
-def char_trigrams(text: str) -> set[str]:
-    text = " ".join(text.lower().split())
-    return {text[i : i + 3] for i in range(len(text) - 2)}
-
 RERANKER_ONNX = "reranker.onnx"
 INPUT_NAME, OUTPUT_NAME = "features", "scores"
 
@@ -71,10 +70,11 @@ Scorer = Callable[[np.ndarray], np.ndarray]  # features [m, F] float32 -> scores
 
 
 class LexicalScorer:
-    """BM25 over the catalog text (bm25s, English stop words, Snowball stemming), scoring every
-    product per query term so that term coverage comes with the score."""
+    """BM25 over the catalog text (bm25s, English stop words, Snowball stemming) with per-term
+    coverage, character-trigram coverage and whole-query containment, for a query's candidates."""
 
-    def __init__(self, retriever, doc_lengths: np.ndarray, texts: list[str], popularity: np.ndarray):
+    def __init__(self, retriever, doc_lengths: np.ndarray, texts: list[str], popularity: np.ndarray,
+                 trigrams: TrigramIndex | None = None):
         import Stemmer
 
         if not len(texts) == len(doc_lengths) == len(popularity):
@@ -85,8 +85,10 @@ class LexicalScorer:
         self.retriever = retriever
         self.doc_lengths = doc_lengths.astype(np.float32)
         self.texts = texts
-        self._trigrams: dict[int, set[str]] = {}  # filled lazily: only candidates ever need them
-        self.stemmer = Stemmer.Stemmer("english")
+        self.trigrams = trigrams if trigrams is not None else TrigramIndex.build(texts)
+        if len(self.trigrams) != len(texts):
+            raise ArtifactError(f"lexical index: trigrams of {len(self.trigrams)} products for {len(texts)} product texts")
+        self.terms = QueryTokenizer(Stemmer.Stemmer("english"))
         self.vocab = retriever.vocab_dict
 
     @classmethod
@@ -105,32 +107,13 @@ class LexicalScorer:
     def __len__(self) -> int:
         return len(self.doc_lengths)
 
-    def terms(self, text: str) -> list[str]:
-        import bm25s
-
-        return bm25s.tokenize([text], stopwords="en", stemmer=self.stemmer, return_ids=False, show_progress=False)[0]
-
-    def score(self, text: str) -> tuple[np.ndarray, np.ndarray, int]:
-        """BM25 score of every product, share of query terms each product contains, term count."""
+    def match(self, text: str) -> LexicalMatches:
+        """The products sharing a term with the query: BM25 score and share of the query's terms."""
         terms = list(dict.fromkeys(self.terms(text)))
-        n = len(self.doc_lengths)
-        known = [t for t in terms if t in self.vocab]
-        if not known:
-            return np.zeros(n, np.float32), np.zeros(n, np.float32), len(terms)
-        per_term = np.stack([self.retriever.get_scores([t]) for t in known]).astype(np.float32)
-        return per_term.sum(axis=0), (per_term > 0).sum(axis=0).astype(np.float32) / len(terms), len(terms)
+        return match_postings(self.retriever.scores, [self.vocab[t] for t in terms if t in self.vocab], len(terms))
 
     def trigram_coverage(self, text: str, rows: np.ndarray) -> np.ndarray:
-        query = char_trigrams(text)
-        if not query:
-            return np.zeros(rows.size, np.float32)
-        out = np.empty(rows.size, np.float32)
-        for i, row in enumerate(rows.tolist()):
-            grams = self._trigrams.get(row)
-            if grams is None:
-                grams = self._trigrams[row] = char_trigrams(self.texts[row])
-            out[i] = len(query & grams) / len(query)
-        return out
+        return self.trigrams.coverage(text, np.asarray(rows, dtype=np.int64))
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -138,6 +121,7 @@ class LexicalScorer:
         np.save(directory / DOC_LENGTHS, self.doc_lengths)
         (directory / PRODUCT_TEXTS).write_text(json.dumps(self.texts))
         np.save(directory / POPULARITY, self.popularity)
+        self.trigrams.save(directory)
         (directory / LEXICAL_MANIFEST).write_text(json.dumps({"products": len(self), "k1": self.retriever.k1, "b": self.retriever.b}))
 
     @classmethod
@@ -148,7 +132,7 @@ class LexicalScorer:
             raise ArtifactError(f"lexical index: {directory / LEXICAL_MANIFEST} is missing")
         retriever = bm25s.BM25.load(str(directory))
         return cls(retriever, np.load(directory / DOC_LENGTHS), json.loads((directory / PRODUCT_TEXTS).read_text()),
-                   np.load(directory / POPULARITY))
+                   np.load(directory / POPULARITY), TrigramIndex.load(directory))
 
     def contains(self, text: str, rows: np.ndarray) -> np.ndarray:
         query = " ".join(text.lower().split())
@@ -162,38 +146,35 @@ LEXICAL_FEATURE_NAMES = (  # the query/product-text features of FEATURE_NAMES, i
 
 
 def lexical_features(lexical: LexicalScorer, text: str, rows: np.ndarray, n_lexical: int,
-                     scored: tuple[np.ndarray, np.ndarray, int] | None = None,
-                     lexical_top: np.ndarray | None = None) -> np.ndarray:
+                     matches: LexicalMatches | None = None, lexical_top: np.ndarray | None = None) -> np.ndarray:
     """LEXICAL_FEATURE_NAMES of `rows` for one query [len(rows), 8]; BM25 ranks count within the
-    query's `n_lexical` best. `scored`: lexical.score(text), and `lexical_top`: its ordered best
+    query's `n_lexical` best. `matches`: lexical.match(text), and `lexical_top`: its ordered best
     `n_lexical`, when the caller has them already."""
-    bm25, coverage, n_terms = scored if scored is not None else lexical.score(text)
+    matches = matches if matches is not None else lexical.match(text)
     if lexical_top is None:
-        lexical_top = _ordered_top(bm25, n_lexical, positive_only=True)
-    best_bm25 = float(bm25.max()) if bm25.size else 0.0
+        lexical_top = matches.top(n_lexical)
+    bm25, coverage = matches.at(rows)
+    best_bm25 = matches.best()
     return np.stack([
-        bm25[rows],
-        bm25[rows] / best_bm25 if best_bm25 > 0 else np.zeros(rows.size, np.float32),
-        _rank_recip(bm25, rows, lexical_top),
-        coverage[rows],
+        bm25,
+        bm25 / best_bm25 if best_bm25 > 0 else np.zeros(rows.size, np.float32),
+        _rank_recip(rows, lexical_top),
+        coverage,
         lexical.trigram_coverage(text, rows),
         lexical.contains(text, rows),
         np.log1p(lexical.doc_lengths[rows]),
-        np.full(rows.size, np.log1p(n_terms), np.float32),
+        np.full(rows.size, np.log1p(matches.n_terms), np.float32),
     ], axis=1).astype(np.float32)
 
 
-def _rank_recip(scores: np.ndarray, rows: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """1 / (1 + rank) for rows within `top` (already ordered best first), else 0."""
-    position = {int(r): i for i, r in enumerate(top)}
-    return np.array([1.0 / (1 + position[int(r)]) if int(r) in position else 0.0 for r in rows], dtype=np.float32)
-
-
-def _ordered_top(scores: np.ndarray, n: int, positive_only: bool = False) -> np.ndarray:
-    n = min(n, scores.size)
-    top = np.argpartition(-scores, n - 1)[:n]
-    top = top[np.lexsort((top, -scores[top]))]  # best first, ties by row
-    return top[scores[top] > 0] if positive_only else top
+def _rank_recip(rows: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """1 / (1 + rank) for rows within `top` (distinct rows, best first), else 0."""
+    if not top.size:
+        return np.zeros(len(rows), np.float32)
+    order = np.argsort(top)
+    position = np.minimum(np.searchsorted(top[order], rows), top.size - 1)
+    rank = order[position]
+    return np.where(top[rank] == rows, 1.0 / (1 + rank), 0.0).astype(np.float32)
 
 
 class HybridRanker:
@@ -215,19 +196,18 @@ class HybridRanker:
             dense_top = (self.dense.search(query_vector[None, :], self.n_dense) if allowed is None
                          else self.dense.search_within(query_vector[None, :], self.n_dense, allowed))[0][0]
         dense_top = dense_top[dense_top >= 0]  # an approximate index pads a short answer with -1
-        scored = self.lexical.score(text)
-        ranked_bm25 = scored[0] if allowed is None else np.where(allowed, scored[0], 0.0)
-        lexical_top = _ordered_top(ranked_bm25, self.n_lexical, positive_only=True)
+        matches = self.lexical.match(text)
+        lexical_top = matches.top(self.n_lexical, allowed)
         rows = np.unique(np.concatenate([dense_top, lexical_top]))
         # Dense scores of the candidates only (a few hundred rows), not of the whole catalog.
         dense_scores = self.dense.row_vectors(rows) @ query_vector
         best_dense = (float(self.dense.row_vectors(dense_top[:1])[0] @ query_vector) if dense_top.size
                       else float(dense_scores.max(initial=0.0)))
-        lexical = lexical_features(self.lexical, text, rows, self.n_lexical, scored, lexical_top)
+        lexical = lexical_features(self.lexical, text, rows, self.n_lexical, matches, lexical_top)
         features = np.column_stack([
             dense_scores,
             dense_scores - best_dense,
-            _rank_recip(dense_scores, rows, dense_top),
+            _rank_recip(rows, dense_top),
             lexical[:, :6],
             np.log1p(self.lexical.popularity[rows]),
             lexical[:, 6:],
@@ -247,13 +227,17 @@ class HybridRanker:
         if len(texts):
             dense_tops = (self.dense.search(query_vectors, self.n_dense) if allowed is None
                           else self.dense.search_within(query_vectors, self.n_dense, allowed))[0]
-        for i, (text, vector) in enumerate(zip(texts, query_vectors)):
-            rows, features = self.candidates(text, vector, dense_tops[i], allowed)
-            if pool_sizes is not None:
-                pool_sizes.append(len(rows))
-            if rows.size == 0:  # the filters allow nothing this query could find: an empty answer
-                continue
-            row_scores = self.reranker(features)
+        pools = [self.candidates(text, vector, dense_tops[i], allowed) for i, (text, vector) in enumerate(zip(texts, query_vectors))]
+        if pool_sizes is not None:
+            pool_sizes.extend(rows.size for rows, _ in pools)
+        if not any(rows.size for rows, _ in pools):  # the filters allow nothing any query could find
+            return indices, scores
+        # One re-ranker call for the whole batch (it scores rows independently): per-call overhead
+        # was a tenth of the ranker's time when every query made its own.
+        all_scores = self.reranker(np.concatenate([features for _, features in pools]))
+        bounds = np.cumsum([0] + [rows.size for rows, _ in pools])
+        for i, (rows, _) in enumerate(pools):
+            row_scores = all_scores[bounds[i]: bounds[i + 1]]
             order = np.lexsort((rows, -row_scores))[:k]
             indices[i, : order.size], scores[i, : order.size] = rows[order], row_scores[order]
         return indices, scores

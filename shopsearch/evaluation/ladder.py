@@ -25,7 +25,7 @@ from pathlib import Path
 
 from shopsearch.build.options import BuildOptions
 from shopsearch.build.search import SearchCheckpoint, build_repository
-from shopsearch.core.lexical import Bm25Index
+from shopsearch.lexical.bm25 import Bm25Index
 from shopsearch.core.metrics import evaluate_run
 from shopsearch.core.modeling import encoder_flops, load_checkpoint, parameter_count
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder

@@ -124,7 +124,7 @@ def evaluate_repository(repo: Path, dataset: Dataset, split: str = "dev", served
         report[name]["seconds"] = round(time.time() - t, 1)
 
     if bm25:
-        from shopsearch.core.lexical import Bm25Index
+        from shopsearch.lexical.bm25 import Bm25Index
 
         measure("bm25", lambda: Bm25Index(dataset.products).run(queries, qids, DEPTH))
     pipeline = InProcessEnsemble.from_repository(repo)

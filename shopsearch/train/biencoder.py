@@ -93,7 +93,7 @@ class PairSampler:
 
     def mine_hard_negatives(self, dataset: Dataset, depth: int) -> int:
         """BM25's top `depth` products per training query, minus the ones judged relevant to it."""
-        from shopsearch.core.lexical import Bm25Index
+        from shopsearch.lexical.bm25 import Bm25Index
 
         relevant = {text: set(pids) for text, pids in self.items}
         texts = sorted(relevant)
