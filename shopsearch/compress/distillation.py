@@ -38,6 +38,7 @@ from shopsearch.core.provenance import git_revision
 from shopsearch.core.reranker import RERANKER_DIR
 from shopsearch.train.reranker import listwise_loss
 from shopsearch.core.tokenization import PAD_ID, TOKENIZER_FILE, TextEncoder, pad_batches
+from shopsearch.train.progress import pace
 from shopsearch.train.schedule import warmup_cosine
 
 TEACHER_DIR = "teacher"  # inside the checkpoint directory
@@ -245,7 +246,7 @@ def train_teacher(bert_state: dict, model_cfg: EncoderConfig, pairs: PairEncoder
         losses.append(_update(teacher, optimizer, scheduler, loss))
         if (step + 1) % 50 == 0 or step == cfg.teacher_steps - 1:
             log(f"teacher step {step + 1}/{cfg.teacher_steps} listwise loss {np.mean(losses[-50:]):.4f} "
-                f"({(step + 1) / (time.time() - started):.2f} steps/s)")
+                f"({pace(step + 1, cfg.teacher_steps, started)})")
     return teacher.eval(), losses
 
 
@@ -349,7 +350,7 @@ def train_student(model: BiEncoder, enc_q: TextEncoder, enc_p: TextEncoder, grou
         losses.append(_update(model, optimizer, scheduler, loss))
         if (step + 1) % 50 == 0 or step == cfg.student_steps - 1:
             log(f"student step {step + 1}/{cfg.student_steps} loss {np.mean(losses[-50:]):.4f} "
-                f"(contrastive {contrastive.item():.4f}, KL {kl.item():.4f}; {(step + 1) / (time.time() - started):.2f} steps/s)")
+                f"(contrastive {contrastive.item():.4f}, KL {kl.item():.4f}; {pace(step + 1, cfg.student_steps, started)})")
     return losses
 
 

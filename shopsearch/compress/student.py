@@ -35,6 +35,7 @@ from shopsearch.data.schema import Dataset
 from shopsearch.errors import ConfigError
 from shopsearch.train.biencoder import PairSampler, contrastive_loss, evaluate_model
 from shopsearch.train.distributed import seed_everything
+from shopsearch.train.progress import pace
 from shopsearch.train.schedule import warmup_cosine
 
 
@@ -165,9 +166,8 @@ def _distill(teacher: BiEncoder, student: BiEncoder, sampler: PairSampler, enc_q
         losses.append(parts)
         if (step + 1) % 50 == 0 or step == cfg.steps - 1:
             recent = {k: np.mean([x[k] for x in losses[-50:]]) for k in parts}
-            rate = (step + 1) / (time.time() - started)
             log(f"student step {step + 1}/{cfg.steps} " + " ".join(f"{k} {v:.4f}" for k, v in recent.items())
-                + f" ({rate:.2f} steps/s, {(cfg.steps - step - 1) / rate / 60:.1f} min left)")
+                + f" ({pace(step + 1, cfg.steps, started)})")
     return losses
 
 

@@ -28,6 +28,7 @@ from shopsearch.train.distributed import (
 from shopsearch.train.resume import (
     RESUME_DIR, as_rng_state, load_training_state, restore_random_state, save_training_state,
 )
+from shopsearch.train.progress import pace
 from shopsearch.train.schedule import warmup_cosine
 
 
@@ -238,8 +239,8 @@ def _contrastive_steps(run: "ContrastiveRun", enc_q: TextEncoder, enc_p: TextEnc
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             run.save(out_dir, step + 1, losses, tokenizer_json)
         if (step + 1) % 50 == 0 or step == cfg.steps - 1:
-            rate = (step + 1) / (time.time() - started)
-            log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} ({rate:.2f} steps/s)")
+            log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-50:]):.4f} "
+                f"({pace(step + 1 - first_step, cfg.steps - first_step, started)})")
     return time.time() - started
 
 

@@ -13,6 +13,7 @@ from transformers import BertForMaskedLM
 
 from shopsearch.core.modeling import BiEncoder
 from shopsearch.core.tokenization import SPECIAL_TOKENS, TextEncoder
+from shopsearch.train.progress import pace
 
 MASK_PROBABILITY = 0.15
 
@@ -66,5 +67,5 @@ def pretrain_mlm(model: BiEncoder, encoder: TextEncoder, texts: list[str], steps
         optimizer.step()
         losses.append(out.loss.item())
         if (step + 1) % 100 == 0 or step == steps - 1:
-            log(f"mlm step {step + 1}/{steps} loss {np.mean(losses[-100:]):.4f} ({(step + 1) / (time.time() - started):.2f} steps/s)")
+            log(f"mlm step {step + 1}/{steps} loss {np.mean(losses[-100:]):.4f} ({pace(step + 1, steps, started)})")
     return losses
