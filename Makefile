@@ -48,8 +48,13 @@ CONCURRENCY ?= 16
 PERF_QUERIES ?= $(if $(filter synthetic,$(DATA)),loadtests/perf_data/search_queries.json,artifacts/perf_data/$(DATA)_queries.json)
 # make eval: training variants measured beside the served ensemble, e.g. ABLATION="base=artifacts/checkpoints/a kd=artifacts/checkpoints/b"
 ABLATION ?=
-# make ladder: the rungs, LABEL=CHECKPOINT in ladder order
+# make ladder: the rungs, LABEL=CHECKPOINT in ladder order; served speed in LADDER_ROUNDS interleaved
+# rounds of LADDER_WINDOW_MS perf_analyzer windows (each row reports its median)
 RUNGS ?=
+LADDER_ROUNDS ?= 1
+LADDER_WINDOW_MS ?= 4000
+# make cross-encoder / rescoring: where the cross-encoder re-scorer is written and read
+CROSS_ENCODER ?= artifacts/cross_encoders/$(DATA)
 # Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
 REC_CHECKPOINT ?= artifacts/checkpoints/rec_$(DATA)
 REC_RECIPE ?= training/recipes/rec_$(DATA).toml
@@ -69,7 +74,7 @@ DATA_ARGS := --data $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 # Test tiers (markers in pyproject.toml): the unit tier is every test without one.
 UNIT_TIER := not (training or multiprocess or integration or gpu or tensorrt)
 
-.PHONY: bench-scale bench-gateway gpu-check gpu-wheels pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
+.PHONY: cross-encoder rescoring bench-scale bench-gateway gpu-check gpu-wheels pretrained student ladder train-rec eval-rec recommend deploy rollback help venv demo train train-reranker build-repo bench-models serve query eval evaluate perf-sweep tune bench loadtest data test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -164,7 +169,15 @@ evaluate: eval ## alias of eval
 
 ladder: venv $(PERF_QUERIES) ## the compression ladder in one run: RUNGS="label=checkpoint ..." built FP32 + INT8; dense + hybrid quality, size, served q/s -> reports/ladder/$(DATA)/
 	$(BIN)/shopsearch ladder $(DATA_ARGS) $(foreach r,$(RUNGS),--rung $(r)) --queries $(PERF_QUERIES) \
-		$(if $(wildcard $(TUNING)),--tuning $(TUNING)) --out reports/ladder/$(DATA)
+		$(if $(wildcard $(TUNING)),--tuning $(TUNING)) --rounds $(LADDER_ROUNDS) --measurement-ms $(LADDER_WINDOW_MS) \
+		--out reports/ladder/$(DATA)
+
+cross-encoder: venv ## train a cross-encoder re-scorer (RECIPE's [distill]) for the bi-encoder CHECKPOINT into $(CROSS_ENCODER)
+	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no bi-encoder checkpoint in $(CHECKPOINT) (CHECKPOINT=...): train it first"; exit 1; }
+	$(PY) training/train_cross_encoder.py --checkpoint $(CHECKPOINT) --recipe $(RECIPE) --out $(CROSS_ENCODER) $(DATA_ARGS)
+
+rescoring: venv ## what CROSS_ENCODER re-scoring the top 20 / 50 of the built REPO buys on dev: nDCG@10 and ms per query -> reports/rescoring/$(DATA)/
+	$(BIN)/shopsearch rescoring --repo $(REPO) --cross-encoder $(CROSS_ENCODER) $(DATA_ARGS) --out reports/rescoring/$(DATA)
 
 artifacts/perf_data/%_queries.json: | venv
 	$(BIN)/shopsearch write-perf-queries $(DATA_ARGS) --out $@

@@ -211,9 +211,19 @@ def cmd_ladder(args) -> None:
         raise SystemExit("error: give at least one --rung LABEL=CHECKPOINT_DIR")
     report = run_ladder(rungs, load_dataset(args.data, args.data_dir), Path(args.out), Path(args.queries), args.split,
                         tuple(args.precision or ("fp32", "int8")), args.concurrency, Tuning.load(Path(args.tuning)) if args.tuning else None,
-                        log=lambda m: print(m, flush=True))
+                        args.measurement_ms, args.rounds, log=lambda m: print(m, flush=True))
     print(ladder_markdown(report))
     print("written: " + ", ".join(map(str, write_ladder(report, Path(args.out)))))
+
+
+def cmd_rescoring(args) -> None:
+    from shopsearch.data import load_dataset
+    from shopsearch.evaluation.rescoring import measure_rescoring, rescoring_markdown, write_rescoring
+
+    report = measure_rescoring(Path(args.repo), Path(args.cross_encoder), load_dataset(args.data, args.data_dir),
+                               tuple(args.depth or (20, 50)), args.split, args.limit, log=lambda m: print(m, flush=True))
+    print(rescoring_markdown(report))
+    print("written: " + ", ".join(map(str, write_rescoring(report, Path(args.out)))))
 
 
 def cmd_gateway(args) -> None:
@@ -432,8 +442,21 @@ def _evaluation_commands(sub) -> None:
     p.add_argument("--queries", required=True, help="perf_analyzer --input-data for the search ensemble")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--tuning", default=None, help="instances and batching per model (the same for every rung)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved served-speed rounds; each row reports its median")
+    p.add_argument("--measurement-ms", type=int, default=4000, help="perf_analyzer's window per measurement")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_ladder)
+
+    p = sub.add_parser("rescoring", help="what a cross-encoder re-scoring the built ensemble's top k buys: quality and ms per query")
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--cross-encoder", required=True, help="a directory `make cross-encoder` wrote")
+    p.add_argument("--data", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--depth", action="append", type=int, default=None, help="products re-scored per query (repeatable; 20 and 50)")
+    p.add_argument("--limit", type=int, default=0, help="the first N queries only")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_rescoring)
 
     p = sub.add_parser("bench-gateway", help="q/s and p99 through the product API vs direct Triton gRPC, gateway CPU per request")
     p.add_argument("--repo", default="model_repository")

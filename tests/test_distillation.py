@@ -179,3 +179,15 @@ def test_the_teacher_starts_from_pretrained_weights_only_when_they_fit_the_bi_en
     other = write_pretrained(tmp_path / "other", ["words nobody else uses"])
     with pytest.raises(ConfigError, match="teacher_init_from"):
         _teacher_start(model, tokenizer_json, dataclasses.replace(FAST, teacher_init_from=str(other)))
+
+
+@pytest.mark.training
+def test_a_cross_encoder_alone_is_trained_and_the_bi_encoder_left_as_it_was(tiny_checkpoint, tiny_dataset, tmp_path):
+    from shopsearch.compress.distillation import load_cross_encoder, train_cross_encoder
+
+    before = (tiny_checkpoint / CHECKPOINT_WEIGHTS).read_bytes()
+    report = train_cross_encoder(tiny_checkpoint, tiny_dataset, FAST, tmp_path / "cross", log=lambda m: None)
+    model, card = load_cross_encoder(tmp_path / "cross")
+    assert (tiny_checkpoint / CHECKPOINT_WEIGHTS).read_bytes() == before
+    assert card["teacher_dev"] == report["teacher_dev"] and len(card["loss_curve"]) == FAST.teacher_steps
+    assert model.n_features == len(LEXICAL_FEATURE_NAMES) and (tmp_path / "cross" / TOKENIZER_FILE).exists()

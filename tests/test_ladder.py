@@ -8,7 +8,7 @@ import pytest
 
 from shopsearch.errors import ConfigError
 from shopsearch.evaluation.ladder import Rung, ladder_markdown, run_ladder, write_ladder
-from shopsearch.perf.perf_analyzer import ensemble_input_data
+from shopsearch.perf.perf_analyzer import SweepPoint, ensemble_input_data
 
 
 def test_a_rung_names_its_checkpoint_and_optionally_its_precisions():
@@ -27,9 +27,10 @@ def test_the_ladder_builds_measures_and_reports_every_rung(random_checkpoint, ti
     queries = tmp_path / "queries.json"
     queries.write_text(json.dumps(ensemble_input_data(tiny_dataset, 50)))
     report = run_ladder([Rung("random", random_checkpoint, ("fp32",))], tiny_dataset, tmp_path / "ladder", queries,
-                        concurrency=2, measurement_ms=500, log=lambda m: None)
+                        concurrency=2, measurement_ms=500, rounds=2, log=lambda m: None)
     (row,) = report["rows"]
     assert row["precision"] == "fp32" and row["artifact"] == "onnx_fp32" and row["served_qps"] > 0
+    assert len(row["served_rounds"]) == 2 and all(r["qps"] > 0 for r in row["served_rounds"])
     assert set(row["dense"]) == set(row["hybrid"]) == {"ndcg@10", "recall@100", "mrr@10"}
     assert row["parameters_m"] > 0 and row["artifact_mb"] > 0 and row["catalog_embedding_s"] > 0 and row["mflops_per_query"] > 0
     assert "| random | fp32 |" in ladder_markdown(report) and report["bm25"]["ndcg@10"] > 0
@@ -49,12 +50,17 @@ def test_a_rung_the_parity_gate_refuses_is_reported_and_the_rest_still_measured(
             raise ExportParityError("onnx_int8", [("min_cosine", 0.99, ">= 0.98", True), ("top10_overlap", 0.91, ">= 0.95", False)])
         return {"label": rung.label, "precision": precision, "dense": {"ndcg@10": 0.2, "recall@100": 0.5, "mrr@10": 0.3},
                 "hybrid": {"ndcg@10": 0.25, "recall@100": 0.6, "mrr@10": 0.35}, "parameters_m": 1.0,
-                "mflops_per_query": 2.0, "artifact_mb": 1.0, "catalog_embedding_s": 0.1, "served_qps": 10.0, "served_p99_ms": 5.0}
+                "mflops_per_query": 2.0, "artifact_mb": 1.0, "catalog_embedding_s": 0.1, "repository": f"{rung.label}/repo"}
 
     monkeypatch.setattr(ladder, "measure_rung", fake_measure)
+    served = iter([SweepPoint("search", 16, qps, 1.0, qps / 2, 0.0, 0.0) for qps in (10.0, 30.0, 20.0)])
+    monkeypatch.setattr(ladder, "measure_repository", lambda *args, **kwargs: next(served))
     report = run_ladder([Rung("random", random_checkpoint)], tiny_dataset, tmp_path / "out", tmp_path / "unused.json",
-                        log=lambda m: None)
+                        rounds=3, log=lambda m: None)
     assert [r["precision"] for r in report["rows"]] == ["fp32", "int8"] and "top10_overlap" in report["rows"][1]["refused"]
+    # Only the measured row is served, once per round; it reports the median of its rounds.
+    assert [r["qps"] for r in report["rows"][0]["served_rounds"]] == [10.0, 30.0, 20.0]
+    assert report["rows"][0]["served_qps"] == 20.0 and report["rows"][0]["served_p99_ms"] == 10.0
     table = ladder_markdown(report)
     assert "| random | int8 | refused by the parity gate: onnx_int8: top10_overlap = 0.91 (bound >= 0.95) |" in table
     assert len({line.count("|") for line in table.splitlines() if line.startswith("|")}) == 1  # one column count

@@ -12,6 +12,7 @@ from shopsearch.compress.student import StudentConfig, distill_student, student_
 from shopsearch.core.embedding import TorchEmbedder, embed_texts
 from shopsearch.core.modeling import load_checkpoint
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
+from shopsearch.errors import ConfigError
 
 FAST = StudentConfig(layers=1, steps=40, batch_size=32, learning_rate=1e-3, selection_queries=100, selection_catalog=500,
                      eval_queries=50)
@@ -24,6 +25,26 @@ def test_the_three_terms_vanish_only_when_the_student_is_the_teacher():
     assert parts["kl"] == pytest.approx(0.0, abs=1e-6) and parts["embedding"] == pytest.approx(0.0, abs=1e-9)
     other, parts_other = student_loss(torch.nn.functional.normalize(torch.randn(8, 16), dim=1), teacher, 4, FAST)
     assert parts_other["kl"] > 0.01 and parts_other["embedding"] > 0.5 and other > same
+
+
+def test_hard_negatives_are_candidates_of_every_query_in_the_kl_term():
+    """Vectors [queries, products, negatives]: a student that agrees with the teacher everywhere but
+    on the negatives must show a KL gap (the negatives are in each query's softmax) and an
+    embedding gap; agreeing everywhere, both vanish."""
+    torch.manual_seed(0)
+    n, m = 4, 3
+    teacher = torch.nn.functional.normalize(torch.randn(2 * n + m, 16), dim=1)
+    _, same = student_loss(teacher.clone(), teacher, n, FAST)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["embedding"] == pytest.approx(0.0, abs=1e-9)
+    student = teacher.clone()
+    student[2 * n :] = teacher[:m]  # each negative now points where a query does: the student favours it
+    _, parts = student_loss(student, teacher, n, FAST)
+    assert parts["kl"] > 0.01 and parts["embedding"] > 0.1
+
+
+def test_a_negative_hard_negative_depth_is_refused():
+    with pytest.raises(ConfigError, match="hard_negatives"):
+        StudentConfig(hard_negatives=-1)
 
 
 @pytest.mark.training
@@ -52,8 +73,9 @@ def test_distillation_brings_the_pruned_student_closer_to_its_teacher(tiny_check
 
 @pytest.mark.training
 def test_a_student_with_pruned_heads_and_units_keeps_the_same_count_in_every_layer(tiny_checkpoint, tiny_dataset, tmp_path):
-    cfg = dataclasses.replace(FAST, layers=2, heads=1, ffn=32, steps=5, importance_batches=2)
+    cfg = dataclasses.replace(FAST, layers=2, heads=1, ffn=32, steps=5, importance_batches=2, hard_negatives=20)
     card = distill_student(tiny_checkpoint, tiny_dataset, cfg, tmp_path / "student", log=lambda m: None)
     student, _ = load_checkpoint(tmp_path / "student")
     assert student.config.layer_heads == (1, 1) and student.config.layer_ffn == (32, 32)
     assert len(card["compression"]["importance"]["heads"]) == 2
+    assert card["compression"]["config"]["hard_negatives"] == 20

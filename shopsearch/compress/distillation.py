@@ -30,7 +30,7 @@ from torch import nn
 from transformers import BertModel
 
 from shopsearch.data.schema import Dataset
-from shopsearch.errors import ConfigError
+from shopsearch.errors import ArtifactError, ConfigError
 from shopsearch.core.hybrid import LexicalScorer, lexical_features
 from shopsearch.core.metrics import evaluate_run
 from shopsearch.core.modeling import BiEncoder, EncoderConfig, load_checkpoint, save_checkpoint
@@ -391,22 +391,11 @@ def distill_stage(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, log=pr
         f"BM25's top {cfg.mined_depth}: the teacher's), {sum(len(g.product_ids) for g in groups)} (query, product) pairs")
     report: dict = {"config": asdict(cfg), "groups": len(groups), "dev_metrics_before": card.get("dev_metrics", {})}
     if cfg.kd_weight:
-        t = time.time()
-        lexical = None
-        if cfg.teacher_features:
-            lexical = LexicalScorer.build(data.products)  # no popularity: the teacher does not read it
-            add_lexical_features(groups, lexical, {p.product_id: i for i, p in enumerate(data.products)})
-            log(f"distillation: lexical features of every pair ({time.time() - t:.1f}s)")
-        teacher, teacher_losses = train_teacher(_teacher_start(model, tokenizer_json, cfg), model_cfg, pairs, groups,
-                                                product_text, cfg, log)
-        report["teacher_seconds"] = round(time.time() - t, 1)
-        if "dev" in data.queries:
-            report["teacher_dev"] = evaluate_teacher(teacher, pairs, data, "dev", cfg, lexical)
-            log(f"teacher on dev: {json.dumps(report['teacher_dev'])}")
+        teacher, _ = _fit_teacher(model, tokenizer_json, pairs, groups, data, product_text, cfg, report, log)
         t = time.time()
         score_groups(teacher, pairs, groups, product_text)
         report["scoring_seconds"] = round(time.time() - t, 1)
-        _save_teacher(teacher, checkpoint / TEACHER_DIR, {**report, "loss_curve": [round(v, 5) for v in teacher_losses]})
+        _save_teacher(teacher, checkpoint / TEACHER_DIR, {**report, "loss_curve": report.pop("teacher_loss_curve")})
     temperature = card.get("train_config", {}).get("temperature", 0.05)
     t = time.time()
     student_losses = train_student(model, enc_q, enc_p, groups, product_text, temperature, cfg, log)
@@ -423,6 +412,60 @@ def distill_stage(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, log=pr
         shutil.rmtree(checkpoint / RERANKER_DIR)
         log("distillation: removed the re-ranker trained on the previous bi-encoder (stage 2 retrains it)")
     return report
+
+
+def _fit_teacher(model: BiEncoder, tokenizer_json: str, pairs: PairEncoder, groups: list[Group], data: Dataset,
+                 product_text: dict[str, str], cfg: DistillConfig, report: dict, log) -> tuple[CrossEncoder, LexicalScorer | None]:
+    """The cross-encoder trained on `groups` (their lexical features added first, when it reads
+    them) and measured on dev; its seconds, dev metrics and loss curve go into `report`."""
+    t = time.time()
+    lexical = None
+    if cfg.teacher_features:
+        lexical = LexicalScorer.build(data.products)  # no popularity: the teacher does not read it
+        add_lexical_features(groups, lexical, {p.product_id: i for i, p in enumerate(data.products)})
+        log(f"distillation: lexical features of every pair ({time.time() - t:.1f}s)")
+    teacher, losses = train_teacher(_teacher_start(model, tokenizer_json, cfg), model.config, pairs, groups,
+                                    product_text, cfg, log)
+    report["teacher_seconds"] = round(time.time() - t, 1)
+    report["teacher_loss_curve"] = [round(v, 5) for v in losses]
+    if "dev" in data.queries:
+        report["teacher_dev"] = evaluate_teacher(teacher, pairs, data, "dev", cfg, lexical)
+        log(f"teacher on dev: {json.dumps(report['teacher_dev'])}")
+    return teacher, lexical
+
+
+def train_cross_encoder(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, out_dir: Path, log=print) -> dict:
+    """Only the cross-encoder of stage 1b, for a trained bi-encoder `checkpoint` (its tokenizer,
+    architecture and held-out re-ranker queries), written to `out_dir` (cross_encoder.pt +
+    teacher.json); the bi-encoder is left as it is. A re-scoring stage candidate
+    (`shopsearch.evaluation.rescoring`)."""
+    started = time.time()
+    checkpoint = Path(checkpoint)
+    model, card = load_checkpoint(checkpoint)
+    holdout = card.get("train_config", {}).get("rerank_holdout", 0.0)
+    data = dataset.with_holdout(holdout) if holdout else dataset  # the re-ranker's queries stay unseen
+    tokenizer_json = (checkpoint / TOKENIZER_FILE).read_text()
+    pairs = PairEncoder(tokenizer_json, cfg.max_query_tokens, model.config.max_product_length, model.config.max_positions)
+    product_text = {p.product_id: p.search_text() for p in data.products}
+    groups = build_groups(data, "train", cfg)
+    log(f"cross-encoder: {sum(g.retrieved for g in groups)} training queries with a relevant product in BM25's top {cfg.mined_depth}")
+    report: dict = {"config": asdict(cfg), "groups": len(groups), "bi_encoder": str(checkpoint)}
+    teacher, _ = _fit_teacher(model, tokenizer_json, pairs, groups, data, product_text, cfg, report, log)
+    report["seconds"] = round(time.time() - started, 1)
+    _save_teacher(teacher, Path(out_dir), {**report, "loss_curve": report.pop("teacher_loss_curve"), "code_version": git_revision()})
+    (Path(out_dir) / TOKENIZER_FILE).write_text(tokenizer_json)
+    return report
+
+
+def load_cross_encoder(directory: Path) -> tuple[CrossEncoder, dict]:
+    """A cross-encoder `_save_teacher` wrote, and its card."""
+    path = Path(directory) / TEACHER_WEIGHTS
+    if not path.exists():
+        raise ArtifactError(f"cross-encoder: {path} is missing")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = CrossEncoder(EncoderConfig(**saved["config"]), saved["n_features"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), json.loads((Path(directory) / TEACHER_CARD).read_text())
 
 
 def _save_teacher(teacher: CrossEncoder, directory: Path, card: dict) -> None:

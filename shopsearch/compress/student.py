@@ -6,9 +6,12 @@
 2. Heads and feed-forward units (optional): the least important by first-order importance on
    training batches go, the same number in every layer (`pruning.unit_importance`).
 3. Distillation: the student trains on the teacher's training pairs with three terms: its own
-   in-batch contrastive loss, the KL divergence from the teacher's softmax over each query's in-batch
+   in-batch contrastive loss, the KL divergence from the teacher's softmax over each query's
    candidates to its own, and the squared distance to the teacher's vectors (both are unit vectors of
    the same width, so the student can take the teacher's place beside an index the teacher embedded).
+   A query's candidates are the batch's products and, with `hard_negatives`, one BM25-mined product
+   per query not judged relevant to it. Random in-batch products are easy to tell apart; the near
+   misses are where a teacher trained on hard negatives knows an order worth copying.
 The student is a checkpoint like any other (its card records the teacher, what was pruned and the
 parameter counts), so the re-ranker stage, the build and `make eval` take it as they take the teacher.
 """
@@ -53,14 +56,15 @@ class StudentConfig:
     warmup_fraction: float = 0.1
     temperature: float = 0.05  # of the contrastive and the distillation softmax
     contrastive_weight: float = 1.0
-    kd_weight: float = 1.0  # KL(teacher || student) over each query's in-batch candidates
+    kd_weight: float = 1.0  # KL(teacher || student) over each query's candidates
     embedding_weight: float = 1.0  # squared distance to the teacher's vectors (x the width)
+    hard_negatives: int = 0  # BM25 depth one candidate per query is drawn from (0: in-batch only)
     eval_queries: int = 0  # dev queries of the final evaluation; 0: all
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.layers < 1 or self.heads < 0 or self.ffn < 0 or self.steps < 0:
-            raise ConfigError("student", "layers/heads/ffn/steps", "layers >= 1, the rest >= 0")
+        if self.layers < 1 or min(self.heads, self.ffn, self.steps, self.hard_negatives) < 0:
+            raise ConfigError("student", "layers/heads/ffn/steps/hard_negatives", "layers >= 1, the rest >= 0")
 
 
 def student_config(recipe) -> StudentConfig | None:
@@ -86,6 +90,8 @@ def distill_student(teacher_dir: Path, dataset: Dataset, cfg: StudentConfig, out
     enc_q = TextEncoder.from_file(teacher_dir / TOKENIZER_FILE, teacher.config.max_query_length)
     enc_p = TextEncoder.from_file(teacher_dir / TOKENIZER_FILE, teacher.config.max_product_length)
     sampler = PairSampler(data, cfg.seed)
+    if cfg.hard_negatives:
+        log(f"hard negatives: BM25 top {cfg.hard_negatives} for {sampler.mine_hard_negatives(data, cfg.hard_negatives)} training queries")
     text = {p.product_id: p.search_text() for p in data.products}
 
     selection = SelectionSet.sample(data, cfg, enc_q, enc_p)
@@ -126,18 +132,21 @@ def distill_student(teacher_dir: Path, dataset: Dataset, cfg: StudentConfig, out
     return meta
 
 
-def _encode(pairs: list[tuple[str, str]], enc_q: TextEncoder, enc_p: TextEncoder, text: dict[str, str]):
-    """One forward pass's inputs: the queries, then their products; and the number of queries."""
+def _encode(pairs: list[tuple[str, str]], enc_q: TextEncoder, enc_p: TextEncoder, text: dict[str, str],
+            negatives: list[str] = ()):
+    """One forward pass's inputs: the queries, then their products, then the hard negatives; and
+    the number of queries."""
     q = enc_q.encode_texts([t for t, _ in pairs])
-    p = enc_p.encode_texts([text[pid] for _, pid in pairs])
+    p = enc_p.encode_texts([text[pid] for _, pid in pairs] + [text[pid] for pid in negatives])
     joined, _ = pad_batches([q, p])
     return torch.from_numpy(joined.input_ids), torch.from_numpy(joined.attention_mask), len(pairs)
 
 
 def student_loss(sv: torch.Tensor, tv: torch.Tensor, n: int, cfg: StudentConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """The three terms on one batch: student and teacher vectors [2n, d], queries first."""
-    sq, sp, tq, tp = sv[:n], sv[n:], tv[:n], tv[n:]
-    contrastive = contrastive_loss(sq, sp, cfg.temperature)
+    """The three terms on one batch: student and teacher vectors [2n + m, d]: n queries, their n
+    products, then m hard negatives (candidates of every query, as the batch's products are)."""
+    sq, sp, tq, tp = sv[:n], sv[n:], tv[:n], tv[n:]  # candidates: the products, then the negatives
+    contrastive = contrastive_loss(sq, sp[:n], cfg.temperature, sp[n:])
     teacher_p = torch.softmax(tq @ tp.T / cfg.temperature, dim=1)
     kl = torch.nn.functional.kl_div(torch.log_softmax(sq @ sp.T / cfg.temperature, dim=1), teacher_p, reduction="batchmean")
     embedding = ((sv - tv) ** 2).sum(dim=1).mean()
@@ -154,7 +163,8 @@ def _distill(teacher: BiEncoder, student: BiEncoder, sampler: PairSampler, enc_q
     losses: list[dict[str, float]] = []
     started = time.time()
     for step in range(cfg.steps):
-        ids, mask, n = _encode(sampler.batch(cfg.batch_size), enc_q, enc_p, text)
+        pairs = sampler.batch(cfg.batch_size)
+        ids, mask, n = _encode(pairs, enc_q, enc_p, text, sampler.batch_negatives(pairs) if cfg.hard_negatives else [])
         with torch.no_grad():
             tv = teacher(ids, mask)
         loss, parts = student_loss(student(ids, mask), tv, n, cfg)

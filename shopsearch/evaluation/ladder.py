@@ -11,7 +11,10 @@ gate passes or the build fails) and measured on the dev split:
 - size: parameters, FLOPs per query (the encoder at the mean dev query length), the embedder
   artifact's MB, seconds to embed the catalog;
 - speed: the `search` ensemble served on a fresh tritonserver, q/s and p99 at concurrency 16
-  (perf_analyzer over gRPC, the dataset's perf queries).
+  (perf_analyzer over gRPC, the dataset's perf queries), once every rung is built, in `rounds`
+  interleaved rounds (every row once per round, in ladder order), reported as each row's median.
+  On a shared 2-core machine the same graph measured twice in one run has differed by 19% q/s; a
+  ratio between rows is only as good as that noise, and interleaving spreads drift over every row.
 BM25 is measured beside them on the same queries. Report: JSON, Markdown and a Pareto plot (hybrid
 nDCG@10 against served q/s).
 """
@@ -19,6 +22,7 @@ nDCG@10 against served q/s).
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +67,8 @@ class Rung:
 
 
 def measure_rung(rung: Rung, precision: str, dataset: Dataset, queries: dict[str, str], judged: dict[str, dict[str, int]],
-                 perf_queries: Path, work: Path, concurrency: int, tuning: Tuning | None, measurement_ms: int, log,
-                 reference: SideOutputs | None = None) -> dict:
-    """One rung at one precision: built, dense and hybrid quality, size, served speed."""
+                 work: Path, tuning: Tuning | None, log, reference: SideOutputs | None = None) -> dict:
+    """One rung at one precision: built, dense and hybrid quality, size (speed: `measure_speed`)."""
     started = time.time()
     repo = work / f"{rung.label}_{precision}" / "model_repository"
     model, card = load_checkpoint(rung.checkpoint)
@@ -78,9 +81,9 @@ def measure_rung(rung: Rung, precision: str, dataset: Dataset, queries: dict[str
     hybrid = evaluate_run(_run(InProcessEnsemble.from_repository(repo).search, queries, list(judged)), judged,
                           dataset.relevant_min_gain)
     hybrid_seconds = time.time() - t
-    point = measure_repository(repo, perf_queries, concurrency, repo.parent / "perf", measurement_ms)
     row = {
         "label": rung.label, "precision": precision, "checkpoint": str(rung.checkpoint), "artifact": served,
+        "repository": str(repo),
         "init_from": (card.get("init_from") or {}).get("name"), "teacher": (card.get("teacher") or {}).get("path"),
         "layers": model.config.num_layers, "hidden": model.config.hidden_size,
         "parameters_m": round(parameter_count(model) / 1e6, 2), "query_tokens": query_tokens,
@@ -90,21 +93,40 @@ def measure_rung(rung: Rung, precision: str, dataset: Dataset, queries: dict[str
         "dense": {m: report["parity"][served]["dense_metrics"][m] for m in METRICS},
         "hybrid": {m: round(hybrid[m], 4) for m in METRICS},
         "reranker": report["ranker"].get("reranker_card", {}).get("config"),
-        "served_qps": round(point.throughput, 1), "served_p99_ms": round(point.p99_ms, 1),
-        "concurrency": concurrency, "hybrid_eval_s": round(hybrid_seconds, 1),
+        "hybrid_eval_s": round(hybrid_seconds, 1),
         "build_s": report["timings"]["total_s"], "seconds": round(time.time() - started, 1),
     }
     log(f"{rung.label} {precision}: dense nDCG@10 {row['dense']['ndcg@10']:.4f}, hybrid {row['hybrid']['ndcg@10']:.4f}, "
-        f"{row['served_qps']} q/s p99 {row['served_p99_ms']} ms, {row['parameters_m']} M parameters ({row['seconds']}s)")
+        f"{row['parameters_m']} M parameters ({row['seconds']}s)")
     return row
+
+
+def measure_speed(report: dict, perf_queries: Path, concurrency: int, measurement_ms: int, rounds: int, log,
+                  on_round=lambda: None) -> None:
+    """Served q/s and p99 of every measured row, `rounds` interleaved rounds on fresh servers;
+    each row keeps every round and reports the medians."""
+    rows = measured(report)
+    for row in rows:
+        row["served_rounds"] = []
+    for round_no in range(rounds):
+        for row in rows:
+            repo = Path(row["repository"])
+            point = measure_repository(repo, perf_queries, concurrency, repo.parent / "perf" / f"round{round_no}", measurement_ms)
+            row["served_rounds"].append({"qps": round(point.throughput, 1), "p99_ms": round(point.p99_ms, 1)})
+            row["served_qps"] = round(statistics.median(r["qps"] for r in row["served_rounds"]), 1)
+            row["served_p99_ms"] = round(statistics.median(r["p99_ms"] for r in row["served_rounds"]), 1)
+            log(f"{row['label']} {row['precision']} round {round_no + 1}/{rounds}: {point.throughput:.1f} q/s, p99 {point.p99_ms:.1f} ms")
+        on_round()
 
 
 def run_ladder(rungs: list[Rung], dataset: Dataset, out: Path, perf_queries: Path, split: str = "dev",
                precisions: tuple[str, ...] = PRECISIONS, concurrency: int = 16, tuning: Tuning | None = None,
-               measurement_ms: int = 4000, log=print) -> dict:
+               measurement_ms: int = 4000, rounds: int = 1, log=print) -> dict:
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ConfigError("ladder", "precision", f"'{precision}' is not one of {PRECISIONS}")
+    if rounds < 1 or measurement_ms < 500:
+        raise ConfigError("ladder", "rounds/measurement_ms", f"need rounds >= 1 and a window >= 500 ms, got {rounds} and {measurement_ms}")
     for rung in rungs:  # refused before an hour goes into the others
         _, card = load_checkpoint(rung.checkpoint)
         trained_on = card.get("dataset", {}).get("fingerprint")
@@ -113,7 +135,7 @@ def run_ladder(rungs: list[Rung], dataset: Dataset, out: Path, perf_queries: Pat
     queries, qrels = dataset.split(split)
     qids = sorted(queries)
     report: dict = {"dataset": dataset.name, "split": split, "queries": len(qids), "concurrency": concurrency,
-                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
+                    "speed_rounds": rounds, "measurement_ms": measurement_ms, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": []}
     judged = {q: qrels.get(q, {}) for q in qids}
     bm25 = evaluate_run(Bm25Index(dataset.products).run(queries, qids, DEPTH), judged, dataset.relevant_min_gain)
     report["bm25"] = {m: round(bm25[m], 4) for m in METRICS}
@@ -124,8 +146,7 @@ def run_ladder(rungs: list[Rung], dataset: Dataset, out: Path, perf_queries: Pat
         reference = reference_outputs(source.model, source.query_encoder, source.product_encoder, RetrievalSet.from_dataset(dataset))
         for precision in rung.precisions or precisions:
             try:
-                row = measure_rung(rung, precision, dataset, queries, judged, perf_queries, out / "work", concurrency,
-                                   tuning, measurement_ms, log, reference)
+                row = measure_rung(rung, precision, dataset, queries, judged, out / "work", tuning, log, reference)
             except ExportParityError as exc:  # the gate refused this artifact: the table says so, the rest go on
                 failing = "; ".join(f"{name} = {value:.4g} (bound {bound})" for name, value, bound, ok in exc.checks if not ok)
                 row = {"label": rung.label, "precision": precision, "checkpoint": str(rung.checkpoint),
@@ -133,6 +154,7 @@ def run_ladder(rungs: list[Rung], dataset: Dataset, out: Path, perf_queries: Pat
                 log(f"{rung.label} {precision}: refused by the parity gate: {row['refused']}")
             report["rows"].append(row)
             write_ladder(report, out)  # rows measured so far survive a later failure of a long run
+    measure_speed(report, perf_queries, concurrency, measurement_ms, rounds, log, lambda: write_ladder(report, out))
     return report
 
 
@@ -146,18 +168,24 @@ def ladder_markdown(report: dict) -> str:
     lines = [f"# From a large model to a fast one: {report['dataset']} {report['split']} ({report['queries']} queries), "
              f"served at concurrency {report['concurrency']}", "",
              "| rung | precision | dense nDCG@10 | dense R@100 | dense MRR@10 | hybrid nDCG@10 | hybrid / BM25 | hybrid R@100 | "
-             "hybrid MRR@10 | parameters (M) | MFLOPs / query | artifact MB | catalog embedding s | served q/s | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| BM25 (bm25s) | - | {bm25:.4f} | {report['bm25']['recall@100']:.4f} | {report['bm25']['mrr@10']:.4f} | - | 1.00 | - | - | - | - | - | - | - | - |"]
+             "hybrid MRR@10 | parameters (M) | MFLOPs / query | artifact MB | catalog embedding s | served q/s | p99 ms | "
+             "q/s by round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| BM25 (bm25s) | - | {bm25:.4f} | {report['bm25']['recall@100']:.4f} | {report['bm25']['mrr@10']:.4f} | - | 1.00 | - | - | - | - | - | - | - | - | - |"]
     for r in report["rows"]:
         if "refused" in r:
             lines.append(f"| {r['label']} | {r['precision']} | refused by the parity gate: {r['refused']} |"
-                         + " - |" * 12)
+                         + " - |" * 13)
             continue
         d, h = r["dense"], r["hybrid"]
         lines.append(f"| {r['label']} | {r['precision']} | {d['ndcg@10']:.4f} | {d['recall@100']:.4f} | {d['mrr@10']:.4f} | "
                      f"{h['ndcg@10']:.4f} | {h['ndcg@10'] / bm25:.2f} | {h['recall@100']:.4f} | {h['mrr@10']:.4f} | "
-                     f"{r['parameters_m']} | {r['mflops_per_query']} | {r['artifact_mb']} | {r['catalog_embedding_s']} | {r['served_qps']} | {r['served_p99_ms']} |")
+                     f"{r['parameters_m']} | {r['mflops_per_query']} | {r['artifact_mb']} | {r['catalog_embedding_s']} | "
+                     f"{r.get('served_qps', '-')} | {r.get('served_p99_ms', '-')} | "
+                     f"{' / '.join(str(x['qps']) for x in r.get('served_rounds', [])) or '-'} |")
+    rounds = report.get("speed_rounds", 1)
+    lines += ["", f"Served speed: the median of {rounds} interleaved round{'s' * (rounds > 1)} of "
+              f"{report.get('measurement_ms', 4000) / 1000:g} s perf_analyzer windows (each on a fresh tritonserver)."]
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +197,7 @@ def plot_pareto(report: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for precision, marker in (("fp32", "o"), ("int8", "s")):
-        rows = [r for r in measured(report) if r["precision"] == precision]
+        rows = [r for r in measured(report) if r["precision"] == precision and "served_qps" in r]
         ax.scatter([r["served_qps"] for r in rows], [r["hybrid"]["ndcg@10"] for r in rows], marker=marker, label=f"hybrid, {precision}")
         ax.scatter([r["served_qps"] for r in rows], [r["dense"]["ndcg@10"] for r in rows], marker=marker, facecolors="none",
                    edgecolors="gray", label=f"dense only, {precision}")

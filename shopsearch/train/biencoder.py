@@ -112,6 +112,18 @@ class PairSampler:
         pool = [p for p in self.negatives.get(text, ()) if p not in taken]
         return self.rng.choice(pool) if pool else None
 
+    def batch_negatives(self, pairs: list[tuple[str, str]]) -> list[str]:
+        """One mined negative per query of `pairs` (where it has one) that no other row of the
+        batch holds: a product appears once per batch, so no column is a duplicate."""
+        taken = {pid for _, pid in pairs}
+        negatives = []
+        for text, _ in pairs:
+            negative = self.hard_negative(text, taken)
+            if negative is not None:
+                taken.add(negative)
+                negatives.append(negative)
+        return negatives
+
     def state(self) -> dict:
         return {"rng": self.rng.getstate(), "order": list(self.order)}
 
@@ -359,15 +371,7 @@ class ContrastiveRun:
         """The global batch: (query, relevant product) pairs and, with hard negatives, one BM25
         negative per query that no other row of the batch holds."""
         pairs = self.sampler.batch(self.cfg.batch_size)
-        negatives: list[str] = []
-        if self.cfg.hard_negatives:
-            taken = {pid for _, pid in pairs}
-            for text, _ in pairs:
-                negative = self.sampler.hard_negative(text, taken)
-                if negative is not None:
-                    taken.add(negative)  # a product appears once per batch: no duplicate columns
-                    negatives.append(negative)
-        return pairs, negatives
+        return pairs, self.sampler.batch_negatives(pairs) if self.cfg.hard_negatives else []
 
     def step(self, enc_q: TextEncoder, enc_p: TextEncoder) -> float:
         """One optimizer step over one global batch (in `grad_accumulation` micro-batches); its loss."""
