@@ -63,6 +63,8 @@ def measure_rescoring(repo: Path, cross_encoder_dir: Path, dataset: Dataset, dep
     if not qids:
         raise ConfigError("rescoring", "split", f"{dataset.name} has no {split} queries")
     judged = {q: qrels.get(q, {}) for q in qids}
+    from tqdm.auto import tqdm
+
     pipeline = InProcessEnsemble.from_repository(repo)
     hits = {}
     for start in range(0, len(qids), 64):
@@ -93,10 +95,15 @@ def measure_rescoring(repo: Path, cross_encoder_dir: Path, dataset: Dataset, dep
             pipeline.search([queries[q]], top_k=DEPTH)
         report["ensemble_ms_per_query"] = round(1000 * (time.perf_counter() - t) / max(1, len(timed)), 2)
         for depth in sorted(depths):
+            bar = tqdm(total=len(qids), desc=f"cross-encoder, top {depth}", unit="query", disable=None)
             t = time.perf_counter()
-            scored = {q: cross_scores(q, depth) for q in timed}
-            ms = 1000 * (time.perf_counter() - t) / len(timed)
-            scored.update({q: cross_scores(q, depth) for q in qids[len(timed):]})
+            scored = {}
+            for q in qids:
+                scored[q] = cross_scores(q, depth)
+                bar.update()
+                if q == timed[-1]:
+                    ms = 1000 * (time.perf_counter() - t) / len(timed)
+            bar.close()
             runs = {blend: {q: rescored(hits[q][0], hits[q][1], scored[q], blend) if scored[q].size else base_run[q] for q in qids}
                     for blend in (False, True)}
             row = {"depth": depth, "cross_encoder_ms_per_query": round(ms, 2),
