@@ -53,6 +53,10 @@ ABLATION ?=
 RUNGS ?=
 LADDER_ROUNDS ?= 1
 LADDER_WINDOW_MS ?= 4000
+# ... and one row per catalog index in LADDER_INDEX (exact,hnsw,ivf: approximate ones take RECIPE's [index] settings)
+LADDER_INDEX ?= exact
+# LADDER_TUNE=1: every row tuned on its own repository (make tune's sweep, ~5 min a row) before it is served
+LADDER_TUNE ?= 0
 # make cross-encoder / rescoring: where the cross-encoder re-scorer is written and read
 CROSS_ENCODER ?= artifacts/cross_encoders/$(DATA)
 # Recommendations: DATA=synthetic | amazon_games | amazon_beauty (the last two need DATA_DIR).
@@ -170,7 +174,7 @@ evaluate: eval ## alias of eval
 ladder: venv $(PERF_QUERIES) ## the compression ladder in one run: RUNGS="label=checkpoint ..." built FP32 + INT8; dense + hybrid quality, size, served q/s -> reports/ladder/$(DATA)/
 	$(BIN)/shopsearch ladder $(DATA_ARGS) $(foreach r,$(RUNGS),--rung $(r)) --queries $(PERF_QUERIES) \
 		$(if $(wildcard $(TUNING)),--tuning $(TUNING)) --rounds $(LADDER_ROUNDS) --measurement-ms $(LADDER_WINDOW_MS) \
-		--out reports/ladder/$(DATA)
+		--index $(LADDER_INDEX) --recipe $(RECIPE) $(if $(filter 1,$(LADDER_TUNE)),--tune-each) --out reports/ladder/$(DATA)
 
 cross-encoder: venv ## train a cross-encoder re-scorer (RECIPE's [distill]) for the bi-encoder CHECKPOINT into $(CROSS_ENCODER)
 	@test -f $(CHECKPOINT)/encoder.pt || { echo "error: no bi-encoder checkpoint in $(CHECKPOINT) (CHECKPOINT=...): train it first"; exit 1; }

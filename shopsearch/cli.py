@@ -203,15 +203,21 @@ def cmd_evaluate(args) -> None:
 
 def cmd_ladder(args) -> None:
     from shopsearch.data import load_dataset
+    from shopsearch.core.ann import IndexSpec
     from shopsearch.evaluation.ladder import Rung, ladder_markdown, run_ladder, write_ladder
+    from shopsearch.train.recipes import load_recipe
     from shopsearch.triton.tuning import Tuning
 
     rungs = [Rung.parse(r) for r in args.rung]
     if not rungs:
         raise SystemExit("error: give at least one --rung LABEL=CHECKPOINT_DIR")
+    recipe = load_recipe(Path(args.recipe)) if args.recipe else None
+    kinds = [k for k in args.index.split(",") if k]
+    indexes = tuple(recipe.index_spec(k) if recipe else IndexSpec(kind=k) for k in kinds)
     report = run_ladder(rungs, load_dataset(args.data, args.data_dir), Path(args.out), Path(args.queries), args.split,
                         tuple(args.precision or ("fp32", "int8")), args.concurrency, Tuning.load(Path(args.tuning)) if args.tuning else None,
-                        args.measurement_ms, args.rounds, log=lambda m: print(m, flush=True))
+                        args.measurement_ms, args.rounds, log=lambda m: print(m, flush=True), indexes=indexes,
+                        tune_each=args.tune_each)
     print(ladder_markdown(report))
     print("written: " + ", ".join(map(str, write_ladder(report, Path(args.out)))))
 
@@ -443,6 +449,9 @@ def _evaluation_commands(sub) -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--tuning", default=None, help="instances and batching per model (the same for every rung)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved served-speed rounds; each row reports its median")
+    p.add_argument("--index", default="exact", help="catalog indexes, comma-separated (exact,ivf,hnsw): one row per rung, precision and index")
+    p.add_argument("--tune-each", action="store_true", help="tune every row's instances and batching on its own (make tune) before serving it")
+    p.add_argument("--recipe", default=None, help="recipe whose [index] settings the approximate indexes take (breadth 0: tuned on the split)")
     p.add_argument("--measurement-ms", type=int, default=4000, help="perf_analyzer's window per measurement")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_ladder)
