@@ -191,3 +191,99 @@ def test_a_cross_encoder_alone_is_trained_and_the_bi_encoder_left_as_it_was(tiny
     assert (tiny_checkpoint / CHECKPOINT_WEIGHTS).read_bytes() == before
     assert card["teacher_dev"] == report["teacher_dev"] and len(card["loss_curve"]) == FAST.teacher_steps
     assert model.n_features == len(LEXICAL_FEATURE_NAMES) and (tmp_path / "cross" / TOKENIZER_FILE).exists()
+
+
+def _group_kl(model, checkpoint, groups, data) -> float:
+    """Mean KL(teacher || bi-encoder) over the groups' candidates (their teacher scores set)."""
+    from shopsearch.core.tokenization import TextEncoder, pad_batches
+
+    enc_q = TextEncoder.from_file(checkpoint / TOKENIZER_FILE, model.config.max_query_length)
+    enc_p = TextEncoder.from_file(checkpoint / TOKENIZER_FILE, model.config.max_product_length)
+    text = {p.product_id: p.search_text() for p in data.products}
+    joined, _ = pad_batches([enc_q.encode_texts([g.query for g in groups]),
+                             enc_p.encode_texts([text[p] for g in groups for p in g.product_ids])])
+    with torch.no_grad():
+        v = model.eval()(torch.from_numpy(joined.input_ids), torch.from_numpy(joined.attention_mask))
+    _, kl = student_loss(v[: len(groups)], v[len(groups) :], [len(g.product_ids) for g in groups],
+                         torch.from_numpy(np.concatenate([g.teacher for g in groups])), 0.05, 1.0)
+    return kl.item()
+
+
+@pytest.mark.training
+def test_a_trained_cross_encoder_teaches_a_pruned_student_and_the_gap_to_it_shrinks(tiny_checkpoint, tiny_dataset, tmp_path):
+    from shopsearch.compress.distillation import TEACHER_WEIGHTS, load_cross_encoder, train_cross_encoder
+    from shopsearch.compress.student import StudentConfig, distill_student
+    from shopsearch.core.provenance import file_sha256
+
+    cross = tmp_path / "cross"
+    train_cross_encoder(tiny_checkpoint, tiny_dataset, FAST, cross, log=lambda m: None)
+    student = tmp_path / "student"
+    distill_student(tiny_checkpoint, tiny_dataset, StudentConfig(layers=1, steps=4, batch_size=16, selection_queries=20,
+                                                                 selection_catalog=50, eval_queries=20), student, log=lambda m: None)
+    cfg = dataclasses.replace(FAST, teacher_from=str(cross), student_steps=40, kd_weight=5.0)
+    model, card = load_checkpoint(student)
+    data = tiny_dataset.with_holdout(card["train_config"]["rerank_holdout"])
+    groups = build_groups(data, "train", cfg)[:64]
+    teacher, teacher_card = load_cross_encoder(cross)
+    add_lexical_features(groups, LexicalScorer.build(data.products), {p.product_id: i for i, p in enumerate(data.products)})
+    pairs = PairEncoder((student / TOKENIZER_FILE).read_text(), teacher_card["config"]["max_query_tokens"],
+                        teacher.config.max_product_length, teacher.config.max_positions)
+    score_groups(teacher, pairs, groups, {p.product_id: p.search_text() for p in data.products})
+    gap_before = _group_kl(model, student, groups, data)
+
+    report = distill_stage(student, tiny_dataset, cfg, log=lambda m: None)
+    assert report["teacher_from"]["sha256"] == file_sha256(cross / TEACHER_WEIGHTS)
+    assert "teacher_seconds" not in report and not (student / TEACHER_DIR).exists()  # loaded, not trained again
+    assert report["teacher_dev"] == teacher_card["teacher_dev"]
+    after, card_after = load_checkpoint(student)
+    assert card_after["compression"] == card["compression"] and after.config.num_layers == 1  # still the pruned student
+    assert _group_kl(after, student, groups, data) < gap_before
+
+
+@pytest.mark.training
+def test_a_trained_cross_encoder_must_share_the_tokenizer_and_the_held_out_queries(tiny_checkpoint, tiny_dataset, tmp_path):
+    from shopsearch.compress.distillation import TEACHER_CARD, train_cross_encoder
+
+    cross = tmp_path / "cross"
+    train_cross_encoder(tiny_checkpoint, tiny_dataset, dataclasses.replace(FAST, teacher_steps=2), cross, log=lambda m: None)
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    with pytest.raises(ConfigError, match="teacher_from.*no trained cross-encoder"):
+        distill_stage(checkpoint, tiny_dataset, dataclasses.replace(FAST, teacher_from=str(tmp_path / "nowhere")), log=lambda m: None)
+    cfg = dataclasses.replace(FAST, teacher_from=str(cross))
+    card = json.loads((cross / TEACHER_CARD).read_text())
+    (cross / TEACHER_CARD).write_text(json.dumps({**card, "rerank_holdout": 0.5}))
+    with pytest.raises(ConfigError, match="teacher_from.*rerank_holdout 0.5"):
+        distill_stage(checkpoint, tiny_dataset, cfg, log=lambda m: None)
+    (cross / TEACHER_CARD).write_text(json.dumps(card))
+    (cross / TOKENIZER_FILE).write_text((cross / TOKENIZER_FILE).read_text().replace('"[UNK]"', '"[UNKNOWN]"'))
+    with pytest.raises(ConfigError, match="teacher_from.*tokenizer"):
+        distill_stage(checkpoint, tiny_dataset, cfg, log=lambda m: None)
+    assert "distillation" not in load_checkpoint(checkpoint)[1]  # refused before anything was written
+
+
+def test_teacher_from_and_teacher_init_from_exclude_each_other():
+    with pytest.raises(ConfigError, match="teacher_from"):
+        DistillConfig(teacher_from="a", teacher_init_from="b")
+
+
+
+@pytest.mark.training
+def test_distill_only_with_a_recipe_without_train_retrains_the_checkpoints_reranker(tiny_checkpoint, tmp_path):
+    """A student's recipe has no [train]: stage 2 follows the checkpoint's own holdout, so the
+    re-ranker that stage 1b removed is trained again (it used to be left out without a word)."""
+    import re
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = (root / "training" / "recipes" / "tiny.toml").read_text()
+    recipe = tmp_path / "student.toml"
+    recipe.write_text(re.sub(r"\[train\].*?(?=^\[)", "", tiny, flags=re.S | re.M)
+                      + "\n[distill]\nkd_weight = 0.0\nstudent_steps = 2\n")
+    assert "[train]" not in recipe.read_text() and "[rerank]" in recipe.read_text()
+    checkpoint = tmp_path / "student"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    main = runpy.run_path(str(root / "training" / "train_search.py"))["main"]
+    assert main(["--recipe", str(recipe), "--out", str(checkpoint), "--distill-only"]) == 0
+    assert "distillation" in load_checkpoint(checkpoint)[1] and (checkpoint / RERANKER_DIR / "reranker.pt").exists()

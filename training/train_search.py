@@ -17,7 +17,7 @@ from pathlib import Path
 from shopsearch.compress.distillation import distill_config, distill_stage
 from shopsearch.errors import ConfigError, ShopSearchError
 from shopsearch.train.recipes import load_recipe
-from shopsearch.train.reranker import train_reranker_stage
+from shopsearch.train.reranker import checkpoint_holdout, train_reranker_stage
 from shopsearch.train.biencoder import train_biencoder
 
 
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # data-parallel ranks > 0: rank 0 wrote the checkpoint and runs stages 1b and 2
         if distill is not None and not args.reranker_only:
             distill_stage(args.out, dataset, distill, log=log)
-        if config.rerank_holdout or args.reranker_only:
+        # The checkpoint's own holdout decides: a student's recipe has no [train], its card has the teacher's.
+        if args.reranker_only or checkpoint_holdout(args.out):
             train_reranker_stage(args.out, dataset, recipe.reranker_config(), log=log)
     except ShopSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -33,8 +33,8 @@ from shopsearch.data.schema import Dataset
 from shopsearch.errors import ArtifactError, ConfigError
 from shopsearch.core.hybrid import LexicalScorer, lexical_features
 from shopsearch.core.metrics import evaluate_run
-from shopsearch.core.modeling import BiEncoder, EncoderConfig, load_checkpoint, save_checkpoint
-from shopsearch.core.provenance import git_revision
+from shopsearch.core.modeling import CHECKPOINT_META, BiEncoder, EncoderConfig, load_checkpoint, save_checkpoint
+from shopsearch.core.provenance import file_sha256, git_revision
 from shopsearch.core.reranker import RERANKER_DIR
 from shopsearch.train.reranker import listwise_loss
 from shopsearch.core.tokenization import PAD_ID, TOKENIZER_FILE, TextEncoder, pad_batches
@@ -61,6 +61,10 @@ class DistillConfig:
     # architecture, e.g. the all-MiniLM-L6-v2 a MiniLM bi-encoder was fine-tuned from); "": the
     # trained bi-encoder's own transformer.
     teacher_init_from: str = ""
+    # A cross-encoder trained already (`make cross-encoder`'s directory) to distill from instead of
+    # training one here: how a pruned student learns from the cross-encoder of its own teacher. It
+    # must read the bi-encoder's tokenizer and have been trained on the same training queries.
+    teacher_from: str = ""
     student_steps: int = 300
     student_queries_per_step: int = 16
     student_learning_rate: float = 1e-4
@@ -72,6 +76,8 @@ class DistillConfig:
             raise ConfigError("distill", "group_size", "needs >= 2 candidates and fewer mined ones than that")
         if self.kd_weight < 0:
             raise ConfigError("distill", "kd_weight", "must be >= 0")
+        if self.teacher_from and self.teacher_init_from:
+            raise ConfigError("distill", "teacher_from", "names a trained cross-encoder; teacher_init_from is then unused")
 
 
 LEXICAL_RANK_DEPTH = 150  # BM25 ranks in the teacher's features count within the query's best 150
@@ -259,11 +265,22 @@ def score_pairs(teacher: CrossEncoder, pairs: PairEncoder, queries: list[str], p
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
-def score_groups(teacher: CrossEncoder, pairs: PairEncoder, groups: list[Group], product_text: dict[str, str]) -> None:
+def score_groups(teacher: CrossEncoder, pairs: PairEncoder, groups: list[Group], product_text: dict[str, str],
+                 chunk: int = 4096) -> None:
+    """The teacher's score for every (query, product) of every group, into `Group.teacher` (tens of
+    thousands of pairs through a 6-layer cross-encoder: minutes on a CPU, so with a progress bar)."""
+    from tqdm.auto import tqdm
+
     features = _features(groups)
-    flat = score_pairs(teacher, pairs, [g.query for g in groups for _ in g.product_ids],
-                       [product_text[p] for g in groups for p in g.product_ids],
-                       None if features is None else features.numpy())
+    queries = [g.query for g in groups for _ in g.product_ids]
+    products = [product_text[p] for g in groups for p in g.product_ids]
+    parts = []
+    with tqdm(total=len(queries), desc="cross-encoder scores", unit="pair", disable=None) as bar:
+        for i in range(0, len(queries), chunk):
+            parts.append(score_pairs(teacher, pairs, queries[i : i + chunk], products[i : i + chunk],
+                                     None if features is None else features[i : i + chunk].numpy()))
+            bar.update(len(parts[-1]))
+    flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     start = 0
     for g in groups:
         g.teacher, start = flat[start : start + len(g.product_ids)], start + len(g.product_ids)
@@ -390,7 +407,12 @@ def distill_stage(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, log=pr
     log(f"distillation: {len(groups)} training queries ({sum(g.retrieved for g in groups)} with a relevant product in "
         f"BM25's top {cfg.mined_depth}: the teacher's), {sum(len(g.product_ids) for g in groups)} (query, product) pairs")
     report: dict = {"config": asdict(cfg), "groups": len(groups), "dev_metrics_before": card.get("dev_metrics", {})}
-    if cfg.kd_weight:
+    if cfg.kd_weight and cfg.teacher_from:
+        teacher, pairs = _trained_teacher(Path(cfg.teacher_from), tokenizer_json, holdout, groups, data, report, log)
+        t = time.time()
+        score_groups(teacher, pairs, groups, product_text)
+        report["scoring_seconds"] = round(time.time() - t, 1)  # the teacher stays where it is: the card names it
+    elif cfg.kd_weight:
         teacher, _ = _fit_teacher(model, tokenizer_json, pairs, groups, data, product_text, cfg, report, log)
         t = time.time()
         score_groups(teacher, pairs, groups, product_text)
@@ -434,6 +456,48 @@ def _fit_teacher(model: BiEncoder, tokenizer_json: str, pairs: PairEncoder, grou
     return teacher, lexical
 
 
+def _trained_teacher(directory: Path, tokenizer_json: str, holdout: float, groups: list[Group], data: Dataset,
+                     report: dict, log) -> tuple[CrossEncoder, PairEncoder]:
+    """The cross-encoder `train_cross_encoder` wrote to `directory`, checked against the bi-encoder
+    it teaches (same tokenizer; trained with the same re-ranker holdout, so the re-ranker's queries
+    stay unseen by both), and the pair encoder it was trained with. The groups get the lexical
+    features it reads."""
+    if not (directory / TEACHER_WEIGHTS).exists():
+        raise ConfigError("distill", "teacher_from", f"{directory} holds no trained cross-encoder ({TEACHER_WEIGHTS}): "
+                          "train it first (make cross-encoder CROSS_ENCODER=...)")
+    teacher, card = load_cross_encoder(directory)
+    theirs = directory / TOKENIZER_FILE
+    if not theirs.exists() or theirs.read_text() != tokenizer_json:
+        raise ConfigError("distill", "teacher_from", f"{directory} does not read the bi-encoder's tokenizer (its tokenizer.json differs)")
+    theirs_holdout = _teacher_holdout(card)
+    if theirs_holdout != holdout:
+        raise ConfigError("distill", "teacher_from", f"{directory} was trained with rerank_holdout {theirs_holdout}, "
+                          f"the bi-encoder with {holdout}: the re-ranker's held-out queries would not be the same")
+    if teacher.n_features:
+        t = time.time()
+        add_lexical_features(groups, LexicalScorer.build(data.products), {p.product_id: i for i, p in enumerate(data.products)})
+        log(f"distillation: lexical features of every pair ({time.time() - t:.1f}s)")
+    pairs = PairEncoder(tokenizer_json, card["config"]["max_query_tokens"], teacher.config.max_product_length,
+                        teacher.config.max_positions)
+    report["teacher_from"] = {"path": str(directory), "sha256": file_sha256(directory / TEACHER_WEIGHTS),
+                              "bi_encoder": card.get("bi_encoder")}
+    if "teacher_dev" in card:
+        report["teacher_dev"] = card["teacher_dev"]
+    log(f"distillation: the cross-encoder of {directory} teaches (dev, its own measure: {json.dumps(card.get('teacher_dev'))})")
+    return teacher, pairs
+
+
+def _teacher_holdout(card: dict) -> float | None:
+    """The re-ranker holdout a cross-encoder was trained with: on its card, or (cards written before
+    it was recorded) on the card of the bi-encoder it was trained for, which it took it from."""
+    if "rerank_holdout" in card:
+        return card["rerank_holdout"]
+    meta = Path(card.get("bi_encoder", "")) / CHECKPOINT_META
+    if card.get("bi_encoder") and meta.exists():
+        return json.loads(meta.read_text()).get("train_config", {}).get("rerank_holdout", 0.0)
+    return None
+
+
 def train_cross_encoder(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, out_dir: Path, log=print) -> dict:
     """Only the cross-encoder of stage 1b, for a trained bi-encoder `checkpoint` (its tokenizer,
     architecture and held-out re-ranker queries), written to `out_dir` (cross_encoder.pt +
@@ -449,7 +513,7 @@ def train_cross_encoder(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, 
     product_text = {p.product_id: p.search_text() for p in data.products}
     groups = build_groups(data, "train", cfg)
     log(f"cross-encoder: {sum(g.retrieved for g in groups)} training queries with a relevant product in BM25's top {cfg.mined_depth}")
-    report: dict = {"config": asdict(cfg), "groups": len(groups), "bi_encoder": str(checkpoint)}
+    report: dict = {"config": asdict(cfg), "groups": len(groups), "bi_encoder": str(checkpoint), "rerank_holdout": holdout}
     teacher, _ = _fit_teacher(model, tokenizer_json, pairs, groups, data, product_text, cfg, report, log)
     report["seconds"] = round(time.time() - started, 1)
     _save_teacher(teacher, Path(out_dir), {**report, "loss_curve": report.pop("teacher_loss_curve"), "code_version": git_revision()})

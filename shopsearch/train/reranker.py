@@ -7,6 +7,7 @@ the same queries, stored in the re-ranker's card.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from shopsearch.errors import ArtifactError, ConfigError
 from shopsearch.core.hybrid import HybridRanker, LexicalScorer, popularity_feature
 from shopsearch.core.index import CatalogIndex
 from shopsearch.core.metrics import evaluate_run
-from shopsearch.core.modeling import load_checkpoint
+from shopsearch.core.modeling import CHECKPOINT_META, load_checkpoint
 from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_DIR, RerankerConfig, RerankerMLP, save_reranker, torch_scorer
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 
@@ -149,6 +150,14 @@ class CheckpointRanker:
         qrels = dict(zip(qids, judged))
         return {name: {k: round(v, 4) for k, v in evaluate_run(run, qrels, self.data.relevant_min_gain).items()}
                 for name, run in runs.items()}
+
+
+def checkpoint_holdout(checkpoint: Path) -> float:
+    """The share of train queries the checkpoint's bi-encoder left to the re-ranker (0: none)."""
+    meta = Path(checkpoint) / CHECKPOINT_META
+    if not meta.exists():
+        raise ArtifactError(f"checkpoint {checkpoint}: {CHECKPOINT_META} is missing (train first)")
+    return json.loads(meta.read_text()).get("train_config", {}).get("rerank_holdout", 0.0)
 
 
 def train_reranker_stage(checkpoint: Path, dataset: Dataset, cfg: RerankerConfig = RerankerConfig(),
