@@ -267,7 +267,6 @@ def test_teacher_from_and_teacher_init_from_exclude_each_other():
         DistillConfig(teacher_from="a", teacher_init_from="b")
 
 
-
 @pytest.mark.training
 def test_distill_only_with_a_recipe_without_train_retrains_the_checkpoints_reranker(tiny_checkpoint, tmp_path):
     """A student's recipe has no [train]: stage 2 follows the checkpoint's own holdout, so the
