@@ -154,6 +154,30 @@ def triton_server(built_repo, tmp_path_factory):
         raise AssertionError("tritonserver did not stop")
 
 
+@pytest.fixture(autouse=True)
+def triton_server_survives(request):
+    """The session's tritonserver is checked alive before and after every test that uses it. A test
+    it dies in fails here with its exit status and log tail (a crash otherwise shows only as
+    "connection refused" in every later test), and it is started again for the tests after it."""
+    if "triton_server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("triton_server")
+    _restart_if_dead(server, "was found dead before this test")
+    yield
+    _restart_if_dead(server, "died during this test")
+
+
+def _restart_if_dead(server, what: str) -> None:
+    if server.process is not None and server.process.poll() is None:
+        return
+    status = server.process.returncode if server.process is not None else None
+    tail = server.log_tail(80)
+    server.stop()
+    server.start(timeout=180)
+    pytest.fail(f"tritonserver {what} (exit status {status}; negative: the signal that ended it){tail}", pytrace=False)
+
+
 def pytest_collection_modifyitems(config, items):
     """The unit tier trains nothing: a test that asks for a trained fixture must carry a tier marker."""
     trained = {"tiny_checkpoint", "tiny_rec_checkpoint", "built_repo", "triton_server"}

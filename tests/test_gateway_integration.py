@@ -1,9 +1,11 @@
 """The product API in front of a real tritonserver, and what it protects Triton from.
 
-Canaries: three single requests that kill tritonserver 2.51 when sent to it directly. Each is sent
-to a throwaway server and the crash is asserted, so an upgrade that fixes one makes its test say so;
-after each crash the server's orphaned Python stubs are checked for and ended. The same requests
-sent to the gateway get a 4xx while the server behind stays up. Then: the non-inference Triton APIs
+Canaries: three single requests that kill tritonserver 2.51 when sent to it directly, and gRPC
+calls whose client deadline expires as Triton answers (a race in its cancellation handling,
+triton-inference-server/server#7368). Each is sent to a throwaway server and the crash is asserted,
+so an upgrade that fixes one makes its test say so; after each crash the server's orphaned Python
+stubs are checked for and ended. The same requests sent to the gateway get a 4xx, and the same
+deadlines given to the gateway a 504, while the server behind stays up. Then: the non-inference Triton APIs
 behind the admin key, answers through the gateway identical to the in-process pipeline, and a
 bounded fuzz run of malformed requests mixed with valid ones."""
 
@@ -13,6 +15,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import httpx
 import pytest
 
 from shopsearch.clients.recs import RecClient
+from shopsearch.gateway.schema import GatewayLimits
 from shopsearch.gateway.server import GatewayServer
 from shopsearch.ops.server import GRPC_ADMIN_METADATA, TritonServer, free_port, stub_processes
 from shopsearch.serving.pipeline import InProcessEnsemble
@@ -129,6 +133,58 @@ def test_canary_http_query_nested_100k_deep_kills_triton(throwaway):
     assert died, "Triton survives a 100,000-deep JSON array now: the canary can go"
 
 
+STORM_THREADS = 8
+
+
+def deadline_storm(send, server: TritonServer, calls_per_thread: int) -> int:
+    """`send(rng, seed, query)` from STORM_THREADS threads, each with a query never sent before (no
+    response cache may answer it); stops when the server has died. Returns the calls made."""
+    made, lock = [0], threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for i in range(calls_per_thread):
+            if server.process.poll() is not None:
+                return
+            try:
+                send(rng, seed, f"storm {seed} {i} tent")
+            except Exception:  # noqa: BLE001 - most calls miss their deadline: that is the storm
+                pass
+            with lock:
+                made[0] += 1
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(STORM_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return made[0]
+
+
+def test_canary_grpc_deadlines_expiring_as_triton_answers_kill_triton(throwaway):
+    """Calls to the tokenizer (about 1 ms here) with deadlines of 0.5-10 ms: in 6 runs of this storm
+    the server died after 797-6,618 calls (3-5 s); 40,000 are allowed. The search ensemble itself
+    survived 12,000 such calls twice (deadlines around its 7-8 ms): the race is rarer there, and the
+    gateway, which calls only ensembles, cancels nothing anyway."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    server = running(throwaway)
+    channel = grpc.insecure_channel(server.grpc_url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    def send(rng, seed, query):
+        request = service_pb2.ModelInferRequest(model_name="tokenizer")
+        request.inputs.add(name="QUERY", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(query.encode())
+        stub.ModelInfer(request, timeout=rng.uniform(0.0005, 0.01))
+
+    calls = [0]
+    died, orphans, held = crash_and_clean_up(server, lambda: calls.__setitem__(0, deadline_storm(send, server, 5000)))
+    channel.close()
+    print(f"\ngRPC deadline storm: server died={died} after {calls[0]} calls, orphaned stubs {orphans} ({held:.0f} MB, ended)")
+    assert died, f"Triton survived {calls[0]} calls whose deadlines expired around its answer: the canary can go"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
 def test_a_server_that_dies_alone_leaves_no_stub_running_after_stop(throwaway, sig):
     server = running(throwaway)
@@ -217,6 +273,33 @@ def test_the_crashers_sent_to_the_gateway_get_4xx_and_triton_stays_up(gateway, t
         assert all(400 <= s < 500 for s in statuses), statuses
         assert triton_server.process.poll() is None
         assert client.post(f"{gateway.url}/v1/search", json={"query": "blue tent"}).status_code == 200
+
+
+def test_the_gateway_gives_up_on_slow_calls_without_cancelling_them_and_triton_stays_up(triton_server):
+    """A storm of searches through a gateway whose timeout (10 ms) is about what a search takes: it
+    answers 504 when its timeout passes and lets Triton finish the call (shopsearch/gateway/triton_grpc.py;
+    tests/test_gateway_no_cancel.py shows that no cancellation reaches the server)."""
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    gateway = GatewayServer(triton_server.grpc_url, port=free_port(), limits=GatewayLimits(timeout_s=0.01)).start()
+    clients = {seed: httpx.Client(timeout=30) for seed in range(STORM_THREADS)}
+
+    def send(rng, seed, query):
+        client = clients[seed]
+        status = client.post(f"{gateway.url}/v1/search", json={"query": query}).status_code
+        with lock:
+            statuses[status] = statuses.get(status, 0) + 1
+
+    try:
+        calls = deadline_storm(send, triton_server, 300)
+        time.sleep(1)
+        assert triton_server.process.poll() is None, f"Triton died in a storm of {calls} calls through the gateway"
+    finally:
+        for client in clients.values():
+            client.close()
+        gateway.stop()
+    print(f"\ngateway storm: {calls} calls, statuses {statuses}")
+    assert calls == STORM_THREADS * 300 and set(statuses) <= {200, 503, 504} and statuses.get(504, 0) > 0
 
 
 def malformed_requests(rng: random.Random, n: int) -> list[tuple[str, str, bytes, dict]]:

@@ -25,6 +25,11 @@ def test_train_build_serve_and_query_through_the_scripts(tmp_path):
     out = run("training/train_search.py", "--recipe", "training/recipes/tiny.toml", "--out", str(checkpoint), "--steps", "40")
     assert "dev metrics" in out and (checkpoint / "checkpoint.json").exists()
     assert "re-ranker dev [hybrid]" in out and (checkpoint / "reranker" / "reranker.json").exists()  # stage 2
+    # Stage 1 leaves the dense dev evaluation to stage 2 (one catalog embedding, not two); the card has its numbers.
+    assert "measured by the re-ranker stage" in out
+    card = json.loads((checkpoint / "checkpoint.json").read_text())
+    assert card["dev_metrics"] == json.loads((checkpoint / "reranker" / "reranker.json").read_text())["eval_metrics"]["dense"]
+    assert set(card["dev_metrics"]) >= {"ndcg@10", "recall@100", "mrr@10", "queries"}
     rec_checkpoint = tmp_path / "rec"
     out = run("training/train_recommender.py", "--data", "synthetic", "--recipe", "training/recipes/rec_tiny.toml",
               "--out", str(rec_checkpoint), "--search-checkpoint", str(checkpoint))

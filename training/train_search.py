@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.distill_only and distill is None:
             raise ConfigError(str(args.recipe), "[distill]", "--distill-only needs a [distill] section")
         if not (args.reranker_only or args.distill_only):
-            train_biencoder(dataset, config, args.out, log=log, tokenizer_file=args.tokenizer, resume=args.resume)
+            # Stage 2 evaluates the dense model on dev as well, on a catalog embedding it needs anyway:
+            # stage 1 leaves it that (a minute on Home Depot). Stage 1b reads stage 1's own numbers.
+            reranker_follows = bool(config.rerank_holdout) and distill is None
+            train_biencoder(dataset, config, args.out, log=log, tokenizer_file=args.tokenizer, resume=args.resume,
+                            evaluate=not reranker_follows)
         if int(os.environ.get("RANK", "0")) != 0:
             return 0  # data-parallel ranks > 0: rank 0 wrote the checkpoint and runs stages 1b and 2
         if distill is not None and not args.reranker_only:

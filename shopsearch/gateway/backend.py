@@ -4,6 +4,7 @@ upstream fault whose details stay in our log)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from shopsearch.core.filters import SearchFilters
@@ -43,6 +44,8 @@ def upstream_error(exc: Exception) -> UpstreamError:
     """Triton's status -> the client's: INVALID_ARGUMENT is the request's fault (400, Triton's
     message names the model and the field); UNAVAILABLE is overload or a restart (503, retry);
     DEADLINE_EXCEEDED a timeout (504); anything else an upstream fault (502, no internals shown)."""
+    if isinstance(exc, asyncio.TimeoutError):  # the gateway's own timeout (its calls carry no gRPC deadline)
+        return UpstreamError(504, "server", "the search did not answer in time")
     status, text = _status_and_text(exc)
     if "INVALID_ARGUMENT" in status:
         return UpstreamError(400, "request", text[:300])

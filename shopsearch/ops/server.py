@@ -270,13 +270,13 @@ class TritonServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting{self._log_tail()}")
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting{self.log_tail()}")
             if self.is_ready():
                 return
             time.sleep(0.5)
-        raise ServerError(f"tritonserver not ready after {timeout:.0f}s{self._log_tail()}")
+        raise ServerError(f"tritonserver not ready after {timeout:.0f}s{self.log_tail()}")
 
-    def _log_tail(self, lines: int = 30) -> str:
+    def log_tail(self, lines: int = 30) -> str:
         if self.log_path and self.log_path.exists():
             tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
             return "; log tail:\n" + "\n".join(tail)

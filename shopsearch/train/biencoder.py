@@ -173,7 +173,7 @@ def evaluate_model(model: BiEncoder, encoder_q: TextEncoder, encoder_p: TextEnco
 
 
 def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print, tokenizer_file: Path | None = None,
-                    resume: bool = False) -> dict:
+                    resume: bool = False, evaluate: bool = True) -> dict:
     """Stage 1 of search training: tokenizer, (optional) MLM pre-training, contrastive fine-tuning,
     dev evaluation and the checkpoint. Data-parallel under torchrun (each rank takes a shard of
     every global batch; rank 0 evaluates and writes). Returns the checkpoint's card ({} on other ranks).
@@ -181,7 +181,8 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
     `tokenizer_file`: reuse a trained tokenizer instead of training one (WordPiece training breaks
     ties between equally frequent pieces differently from process to process). `resume`: continue
     from the last state `save_every` wrote in `out_dir` (same config, same data); the result equals
-    an uninterrupted run's."""
+    an uninterrupted run's. `evaluate=False`: no dev evaluation here, for when the re-ranker stage
+    follows, which embeds the catalog anyway and writes the same dense metrics into the card."""
     started = time.time()
     out_dir = Path(out_dir)
     fingerprint = dataset.fingerprint()  # of the data as given; the holdout is part of the config
@@ -217,9 +218,13 @@ def train_biencoder(dataset: Dataset, cfg: TrainConfig, out_dir: Path, log=print
         return {}  # rank 0 evaluates and writes the checkpoint
 
     model = run.model.cpu().eval()
-    eval_started = time.time()
-    metrics = evaluate_model(model, enc_q, enc_p, dataset, "dev", cfg.eval_queries) if "dev" in dataset.queries else {}
-    log(f"dev metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})} ({time.time() - eval_started:.1f}s)")
+    metrics = {}
+    if evaluate and "dev" in dataset.queries:
+        eval_started = time.time()
+        metrics = evaluate_model(model, enc_q, enc_p, dataset, "dev", cfg.eval_queries)
+        log(f"dev metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})} ({time.time() - eval_started:.1f}s)")
+    elif "dev" in dataset.queries:
+        log("dev metrics: measured by the re-ranker stage that follows (dense), on the catalog it embeds anyway")
     meta = {
         "train_config": asdict(cfg),
         "dataset": {"name": dataset.name, "fingerprint": fingerprint, "stats": dataset.stats(), "source": dataset.source},

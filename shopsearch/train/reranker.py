@@ -160,6 +160,18 @@ def checkpoint_holdout(checkpoint: Path) -> float:
     return json.loads(meta.read_text()).get("train_config", {}).get("rerank_holdout", 0.0)
 
 
+def _card_dense_metrics(checkpoint: Path, dense: dict | None) -> None:
+    """A bi-encoder trained with `evaluate=False` left its card's dev metrics to this stage: the
+    dense evaluation here is the same one (same model, split and queries), on the catalog embedding
+    this stage needs anyway. A card that has its own is left as it is."""
+    meta_path = Path(checkpoint) / CHECKPOINT_META
+    card = json.loads(meta_path.read_text())
+    if card.get("dev_metrics") or not dense:
+        return
+    card["dev_metrics"] = dict(dense)
+    meta_path.write_text(json.dumps(card, indent=2, sort_keys=True))
+
+
 def train_reranker_stage(checkpoint: Path, dataset: Dataset, cfg: RerankerConfig = RerankerConfig(),
                          eval_split: str = "dev", log=print) -> dict:
     started = time.time()
@@ -180,6 +192,7 @@ def train_reranker_stage(checkpoint: Path, dataset: Dataset, cfg: RerankerConfig
         metrics = ranker.evaluate(eval_split)
         for name, m in metrics.items():
             log(f"re-ranker {eval_split} [{name}]: nDCG@10 {m['ndcg@10']:.4f}, Recall@100 {m['recall@100']:.4f}, MRR@10 {m['mrr@10']:.4f}")
+    _card_dense_metrics(checkpoint, metrics.get("dense"))
     probe = np.concatenate([c.features for c in lists[:50]])
     save_reranker(reranker, cfg, checkpoint / RERANKER_DIR, {
         "holdout": holdout, "training_queries": len(lists), "eval_split": eval_split, "eval_metrics": metrics,
