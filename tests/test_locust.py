@@ -41,9 +41,12 @@ def test_short_locust_run_over_http_and_grpc_meets_the_slo(triton_server, tmp_pa
 
 
 def test_locust_marks_failures_for_a_broken_model(triton_server, tmp_path):
+    # HTTP users only: what is tested is how failures are counted. Twice now tritonserver 2.51
+    # segfaulted (in its front end, pthread_mutex_lock) while a Locust run with the direct gRPC user
+    # ended, not reproduced in 25 replays here; the run above keeps one gRPC Locust run per session.
     prefix = tmp_path / "locust"
     subprocess.run(
-        [str(LOCUST), "-f", "loadtests/locustfile.py", "--headless", "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "5",
+        [str(LOCUST), "-f", "loadtests/locustfile.py", "SearchHttpUser", "--headless", "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "5",
          "--host", f"http://{triton_server.http_url}", "--csv", str(prefix), "--only-summary"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "SHOPSEARCH_GRPC_URL": triton_server.grpc_url, "SHOPSEARCH_MODEL": "no_such_model"},
