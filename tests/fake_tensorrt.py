@@ -28,6 +28,9 @@ from polygraphy.datatype import DataType
 from polygraphy.exception import PolygraphyException
 
 FAKE_TENSORRT_VERSION = "10.13.3.9"
+# Every runner `open_runner` made since `install`: a test can check that each was deactivated (a
+# real TrtRunner left active holds its execution context and device buffers until collected).
+OPENED: list["ReusedBufferRunner"] = []
 
 
 class ReusedBufferRunner(BaseRunner):
@@ -97,7 +100,9 @@ def open_runner(engine_path: Path, profile_index: int, name: str | None = None) 
     session = ort.InferenceSession(str(engine_path), providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
     compute = lambda feeds: dict(zip(outputs, session.run(outputs, dict(feeds))))  # noqa: E731
-    return ReusedBufferRunner(compute, profile_limits(profiles[profile_index]), name=name)
+    runner = ReusedBufferRunner(compute, profile_limits(profiles[profile_index]), name=name)
+    OPENED.append(runner)
+    return runner
 
 
 def install(monkeypatch) -> None:
@@ -106,6 +111,7 @@ def install(monkeypatch) -> None:
     import shopsearch.export.tensorrt as tensorrt
 
     fake_module = SimpleNamespace(__version__=FAKE_TENSORRT_VERSION)
+    OPENED.clear()
     monkeypatch.setattr(tensorrt, "require_tensorrt", lambda: fake_module)
     monkeypatch.setattr(build_search, "require_tensorrt", lambda: fake_module)
     monkeypatch.setattr(tensorrt, "compile_engine", compile_engine)

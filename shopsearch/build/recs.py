@@ -119,7 +119,8 @@ def _user_encoder_engine(model, onnx_path: Path, probes: list[list[int]], vector
     fp16 = to_fp16_onnx(onnx_path, work / "user_encoder.fp16.onnx")
     parity = {"onnx_fp16": check_user_encoder(model, fp16, probes, vectors, "onnx_fp16", onnx_runner(fp16))}
     engine = build_engine(fp16, work / "user_encoder_engine", (profile,), version_compatible)
-    parity["trt_fp16"] = check_user_encoder(model, onnx_path, probes, vectors, "trt_fp16", trt_engine_runner(engine))
+    with trt_engine_runner(engine) as run:
+        parity["trt_fp16"] = check_user_encoder(model, onnx_path, probes, vectors, "trt_fp16", run)
     return engine, parity
 
 

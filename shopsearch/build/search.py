@@ -256,10 +256,11 @@ def gate_chain(chain: Chain, reference: SideOutputs, source: SearchCheckpoint, d
     for name, path in chain:
         t = time.time()
         if name == "trt_fp16":
-            embedder = TrtEmbedder.from_engine(path, profile_index=1)  # "batched": the catalog's batches
+            with TrtEmbedder.from_engine(path, profile_index=1) as embedder:  # "batched": the catalog's batches
+                side = run_side(embedder, source.query_encoder, source.product_encoder, data)
         else:
             embedder = OnnxEmbedder(path, options.intra_op_threads, row_by_row=name in ROW_BY_ROW)
-        side = run_side(embedder, source.query_encoder, source.product_encoder, data)
+            side = run_side(embedder, source.query_encoder, source.product_encoder, data)
         report = gate(compare(name, reference, side, PARITY[name]))
         parity[name] = report.to_json()
         if name in ("onnx_fused", "onnx_fp16", "trt_fp16"):

@@ -61,6 +61,10 @@ class DistillConfig:
     # architecture, e.g. the all-MiniLM-L6-v2 a MiniLM bi-encoder was fine-tuned from); "": the
     # trained bi-encoder's own transformer.
     teacher_init_from: str = ""
+    # Layers of that encoder the cross-encoder keeps (e.g. [4, 5] of MiniLM's 6, the 2-layer
+    # students' choice), before fine-tuning: a pruned re-scorer, a third of the cost per pair.
+    # Empty: all of them.
+    teacher_keep_layers: tuple[int, ...] = ()
     # A cross-encoder trained already (`make cross-encoder`'s directory) to distill from instead of
     # training one here: how a pruned student learns from the cross-encoder of its own teacher. It
     # must read the bi-encoder's tokenizer and have been trained on the same training queries.
@@ -78,6 +82,9 @@ class DistillConfig:
             raise ConfigError("distill", "kd_weight", "must be >= 0")
         if self.teacher_from and self.teacher_init_from:
             raise ConfigError("distill", "teacher_from", "names a trained cross-encoder; teacher_init_from is then unused")
+        object.__setattr__(self, "teacher_keep_layers", tuple(self.teacher_keep_layers))
+        if self.teacher_from and self.teacher_keep_layers:
+            raise ConfigError("distill", "teacher_keep_layers", "prunes a cross-encoder trained here; teacher_from loads one trained already")
 
 
 LEXICAL_RANK_DEPTH = 150  # BM25 ranks in the teacher's features count within the query's best 150
@@ -371,17 +378,27 @@ def train_student(model: BiEncoder, enc_q: TextEncoder, enc_p: TextEncoder, grou
     return losses
 
 
-def _teacher_start(model: BiEncoder, tokenizer_json: str, cfg: DistillConfig) -> dict:
-    """The transformer weights the cross-encoder teacher is fine-tuned from."""
-    if not cfg.teacher_init_from:
-        return model.bert.state_dict()
-    from shopsearch.core.pretrained import read_pretrained
+def _teacher_start(model: BiEncoder, tokenizer_json: str, cfg: DistillConfig) -> tuple[dict, EncoderConfig]:
+    """The transformer weights the cross-encoder teacher is fine-tuned from, and their shape
+    (the bi-encoder's, less the layers `teacher_keep_layers` leaves out)."""
+    from shopsearch.compress.pruning import keep_layers
 
-    init = read_pretrained(Path(cfg.teacher_init_from), model.config.max_query_length, model.config.max_product_length)
-    if init.tokenizer_json != tokenizer_json or dataclasses.replace(init.config, dropout=model.config.dropout) != model.config:
-        raise ConfigError("distill", "teacher_init_from", f"{init.path} does not share the bi-encoder's tokenizer and "
-                          "architecture (the teacher reads the bi-encoder's pairs)")
-    return init.load_into(BiEncoder(model.config)).bert.state_dict()
+    start = model
+    if cfg.teacher_init_from:
+        from shopsearch.core.pretrained import read_pretrained
+
+        init = read_pretrained(Path(cfg.teacher_init_from), model.config.max_query_length, model.config.max_product_length)
+        if init.tokenizer_json != tokenizer_json or dataclasses.replace(init.config, dropout=model.config.dropout) != model.config:
+            raise ConfigError("distill", "teacher_init_from", f"{init.path} does not share the bi-encoder's tokenizer and "
+                              "architecture (the teacher reads the bi-encoder's pairs)")
+        start = init.load_into(BiEncoder(model.config))
+    if cfg.teacher_keep_layers:
+        try:
+            start = keep_layers(start, list(cfg.teacher_keep_layers))
+        except ConfigError:
+            raise ConfigError("distill", "teacher_keep_layers", f"{list(cfg.teacher_keep_layers)} must be distinct layers "
+                              f"of 0..{start.config.num_layers - 1}") from None
+    return start.bert.state_dict(), start.config
 
 
 def distill_stage(checkpoint: Path, dataset: Dataset, cfg: DistillConfig, log=print) -> dict:
@@ -446,8 +463,8 @@ def _fit_teacher(model: BiEncoder, tokenizer_json: str, pairs: PairEncoder, grou
         lexical = LexicalScorer.build(data.products)  # no popularity: the teacher does not read it
         add_lexical_features(groups, lexical, {p.product_id: i for i, p in enumerate(data.products)})
         log(f"distillation: lexical features of every pair ({time.time() - t:.1f}s)")
-    teacher, losses = train_teacher(_teacher_start(model, tokenizer_json, cfg), model.config, pairs, groups,
-                                    product_text, cfg, log)
+    bert_state, teacher_config = _teacher_start(model, tokenizer_json, cfg)
+    teacher, losses = train_teacher(bert_state, teacher_config, pairs, groups, product_text, cfg, log)
     report["teacher_seconds"] = round(time.time() - t, 1)
     report["teacher_loss_curve"] = [round(v, 5) for v in losses]
     if "dev" in data.queries:

@@ -242,12 +242,24 @@ def chunked(run: Callable[[dict[str, np.ndarray]], np.ndarray], feeds: dict[str,
 
 
 class TrtEmbedder:
-    """Runs a built engine through a Polygraphy TrtRunner bound to one profile (GPU hosts only)."""
+    """Runs a built engine through a Polygraphy TrtRunner bound to one profile (GPU hosts only).
+    Use it in a `with` block (or `close()` it): an active runner holds its execution context and
+    device buffers until it is deactivated."""
 
     def __init__(self, runner, max_batch: int):
         self.runner = runner
         self.max_batch = max_batch
         self.runner.activate()
+
+    def close(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+
+    def __enter__(self) -> "TrtEmbedder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
     def from_engine(cls, engine_path: Path, profile_index: int) -> "TrtEmbedder":

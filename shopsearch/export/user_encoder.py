@@ -4,6 +4,7 @@ user vectors and the same top-10 over the catalog, or the build fails with every
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +52,17 @@ def onnx_runner(onnx_path: Path):
     return lambda rows: session.run([VECTOR_OUTPUT], {ITEMS_INPUT: rows})[0]
 
 
+@contextmanager
 def trt_engine_runner(engine_path: Path):
     """The built engine through Polygraphy's TrtRunner (GPU hosts only), fed at most its profile's
-    largest batch at a time (the gate sends every probe history at once)."""
+    largest batch at a time (the gate sends every probe history at once); deactivated on leaving
+    the block (an active runner holds its execution context and device buffers)."""
     from shopsearch.export.tensorrt import chunked, engine_profile, trt_runner
 
     runner = trt_runner(engine_path, 0, "user_encoder")
-    runner.activate()
     max_batch = engine_profile(engine_path, 0)["batch"][2]
-    return lambda rows: chunked(lambda feeds: runner.infer(feeds)[VECTOR_OUTPUT], {ITEMS_INPUT: rows}, max_batch)
+    with runner:  # Polygraphy's runners activate on entering and deactivate on leaving
+        yield lambda rows: chunked(lambda feeds: runner.infer(feeds)[VECTOR_OUTPUT], {ITEMS_INPUT: rows}, max_batch)
 
 
 def check_user_encoder(model: SequentialRecommender, onnx_path: Path, histories: list[list[int]],
