@@ -223,7 +223,6 @@ def test_tensorrt_build_lays_out_engines_with_their_cards_and_every_profile_per_
     assert "model.fp16.onnx" in command and "--strongly-typed" in command and "--fp16" not in command
 
 
-
 HAS_MINILM = importlib.util.find_spec("all_minilm_l6_v2") is not None
 
 

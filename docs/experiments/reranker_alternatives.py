@@ -18,7 +18,8 @@ Every number is dev nDCG@10 / Recall@100 / MRR@10, mean of two seeds.
     .venv/bin/python docs/experiments/reranker_alternatives.py --checkpoint artifacts/checkpoints/homedepot \\
         --data-dir ../shared/data/homedepot
 
-About 15 minutes on 2 cores (the catalog embedded once, candidate lists of 9,359 queries).
+42 minutes on 2 cores shared with other jobs (the catalog embedded once, candidate lists of 9,359
+queries, 7 LambdaMART settings x 4 folds).
 """
 
 from __future__ import annotations
