@@ -13,8 +13,9 @@ against the re-ranker it ships (the listwise MLP of `shopsearch.train.reranker`)
    leave-one-query-out), against the learning curve of the 20% alone.
 
 Every number is dev nDCG@10 / Recall@100 / MRR@10, mean of two seeds.
+LambdaMART has since become a re-ranker kind of the product (`[rerank] kind = "lambdamart"`,
+shopsearch.train.reranker.train_lambdamart); this script keeps its own fit, as it was measured.
 
-    .venv/bin/pip install lightgbm==4.5.0   # not a project dependency: only this experiment needs it
     .venv/bin/python docs/experiments/reranker_alternatives.py --checkpoint artifacts/checkpoints/homedepot \\
         --data-dir ../shared/data/homedepot
 

@@ -27,14 +27,14 @@ from shopsearch.build.search_configs import (
 )
 from shopsearch.core.embedding import OnnxEmbedder
 from shopsearch.core.filters import FACETS_ARRAYS, FACETS_MANIFEST, CatalogFacets
-from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, LexicalScorer, popularity_feature
+from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, RESCORER_ONNX, LexicalScorer, popularity_feature
 from shopsearch.build.versions import model_version
 from shopsearch.core.ann import ANN_FILE, IndexSpec, recall_at, tune_search
 from shopsearch.core.index import INDEX_MANIFEST, INDEX_VECTORS, CatalogIndex
 from shopsearch.core.modeling import CHECKPOINT_WEIGHTS, BiEncoder, load_checkpoint
 from shopsearch.core.provenance import file_sha256, git_revision, utc_timestamp
 from shopsearch.core.recommender import load_rec_catalog
-from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_CARD, RERANKER_DIR, load_reranker
+from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_CARD, RERANKER_DIR, RerankerCascade, load_reranker
 from shopsearch.core.results import CATALOG_FILE, CatalogLookup
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 from shopsearch.data.schema import Dataset
@@ -326,28 +326,39 @@ def search_models(source: SearchCheckpoint, signature, chain: Chain, index: Cata
     return versions, ranker_manifest
 
 
-def hybrid_ranker_artifacts(reranker_dir: Path, dataset: Dataset, work: Path, log) -> tuple[tuple[int, int], dict[str, Path], dict]:
-    """The re-ranker as ONNX (checked against PyTorch) and the BM25 index of the catalog; each
-    carries its own checksum, so index, lexical index and re-ranker are versioned separately."""
+def hybrid_ranker_artifacts(reranker_dir: Path, dataset: Dataset, work: Path, log) -> tuple[tuple[int, int, int], dict[str, Path], dict]:
+    """The re-ranker as ONNX (checked against its in-process self: PyTorch's MLP or LightGBM's
+    trees) and the BM25 index of the catalog; each carries its own checksum, so index, lexical
+    index and re-ranker are versioned separately. A cascade's second stage is a second graph,
+    gated the same way. Returns (dense candidates,
+    BM25 candidates, rescore_top), the files and the manifest."""
     model, card = load_reranker(reranker_dir)
-    onnx_path = work / "ranker" / RERANKER_ONNX
-    export = export_reranker(model, onnx_path, np.load(reranker_dir / PROBE_FEATURES))
+    probe = np.load(reranker_dir / PROBE_FEATURES)
+    onnx_path, rescorer_path = work / "ranker" / RERANKER_ONNX, work / "ranker" / RESCORER_ONNX
+    cascade = isinstance(model, RerankerCascade)
+    export = export_reranker(model.first if cascade else model, onnx_path, probe)
+    rescorer_export = export_reranker(model.second, rescorer_path, probe) if cascade else None
     lexical_dir = work / "ranker" / LEXICAL_DIR
     # Popularity counted exactly as during re-ranker training (same holdout), so served features match.
     holdout = card.get("holdout", 0.0)
     counted = dataset.with_holdout(holdout) if holdout else dataset
     cfg = card["config"]
     LexicalScorer.build(dataset.products, popularity_feature(counted, cfg.get("use_popularity", True))).save(lexical_dir)
-    files = {RERANKER_ONNX: onnx_path, **{f"{LEXICAL_DIR}/{p.name}": p for p in sorted(lexical_dir.iterdir())}}
+    files = {RERANKER_ONNX: onnx_path, **({RESCORER_ONNX: rescorer_path} if cascade else {}),
+             **{f"{LEXICAL_DIR}/{p.name}": p for p in sorted(lexical_dir.iterdir())}}
     manifest = {
         "mode": "hybrid",
         "reranker_sha256": file_sha256(onnx_path),
         "reranker_export": export,
+        **({"rescorer_sha256": file_sha256(rescorer_path), "rescorer_export": rescorer_export,
+            "rescore_top": model.top} if cascade else {}),
         "reranker_card": {k: card[k] for k in ("features", "config", "training_queries", "eval_metrics") if k in card},
         "lexical_sha256": {name: file_sha256(path) for name, path in files.items() if name.startswith(LEXICAL_DIR)},
     }
-    log(f"hybrid ranker: BM25 top {cfg['n_lexical']} + dense top {cfg['n_dense']}, re-ranker export max abs diff {export['max_abs_diff']:.2e}")
-    return (cfg["n_dense"], cfg["n_lexical"]), files, manifest
+    log(f"hybrid ranker: BM25 top {cfg['n_lexical']} + dense top {cfg['n_dense']}, re-ranker ({cfg.get('kind', 'mlp')}) "
+        f"export max abs diff {export['max_abs_diff']:.2e}"
+        + (f"; its top {model.top} re-ordered by the trees, export max abs diff {rescorer_export['max_abs_diff']:.2e}" if cascade else ""))
+    return (cfg["n_dense"], cfg["n_lexical"], model.top if cascade else 0), files, manifest
 
 
 def recommendation_models(rec_checkpoint: Path, dataset: Dataset, work: Path, options: BuildOptions, tuning: Tuning,

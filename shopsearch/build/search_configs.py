@@ -71,14 +71,17 @@ FILTER_SPECS = (TensorSpec(CATEGORY, "object", (1,), optional=True), TensorSpec(
 
 
 def ranker_config(query: TensorSpec, n_candidates: int, embedder_id: str, batching: DynamicBatching,
-                  hybrid: tuple[int, int] | None = None, filters: bool = True) -> PythonModelConfig:
-    """`hybrid` = (dense candidates, BM25 candidates): the ranker also reads the query text (the
-    tokenizer's QUERY_TEXT) and re-ranks both candidate sets with the learned model; None: dense
+                  hybrid: tuple[int, ...] | None = None, filters: bool = True) -> PythonModelConfig:
+    """`hybrid` = (dense candidates, BM25 candidates[, rescore_top]): the ranker also reads the
+    query text (the tokenizer's QUERY_TEXT) and re-ranks both candidate sets with the learned
+    model (a cascade, rescore_top > 0: its best few re-ordered by the second stage); None: dense
     search only. `filters`: it reads the optional search filters too."""
     inputs: tuple[TensorSpec, ...] = (query,) + ((QUERY_TEXT_SPEC,) if hybrid else ()) + (FILTER_SPECS if filters else ())
     params = RankerParams(query.name, n_candidates, embedder_id)
     if hybrid:
-        params = RankerParams(query.name, n_candidates, embedder_id, HYBRID, n_dense=hybrid[0], n_lexical=hybrid[1])
+        rescore_top = hybrid[2] if len(hybrid) > 2 and hybrid[2] else None
+        params = RankerParams(query.name, n_candidates, embedder_id, HYBRID, n_dense=hybrid[0], n_lexical=hybrid[1],
+                              rescore_top=rescore_top)
     return PythonModelConfig(
         name="ranker",
         inputs=inputs,

@@ -83,7 +83,7 @@ def evaluate_ablation(dataset: Dataset, checkpoints: dict[str, Path], split: str
                       log=print) -> dict:
     """Each checkpoint's dense / RRF / re-ranked hybrid metrics on `split` (PyTorch FP32, in process)."""
     from shopsearch.train.reranker import RERANKER_DIR, CheckpointRanker
-    from shopsearch.core.reranker import RerankerConfig, load_reranker, torch_scorer
+    from shopsearch.core.reranker import RerankerConfig, install_reranker, load_reranker
     from shopsearch.core.tokenization import TOKENIZER_FILE
 
     cards = ablation_cards(dataset, checkpoints)
@@ -95,7 +95,7 @@ def evaluate_ablation(dataset: Dataset, checkpoints: dict[str, Path], split: str
         rcfg = rerank_card["config"] if rerank_card else {"n_dense": RerankerConfig.n_dense, "n_lexical": RerankerConfig.n_lexical}
         ranker = CheckpointRanker.load(path, dataset, rcfg["n_dense"], rcfg["n_lexical"], rcfg.get("use_popularity", True))
         if reranker is not None:
-            ranker.hybrid.reranker = torch_scorer(reranker)
+            install_reranker(ranker.hybrid, reranker)
         out[label] = {"checkpoint": str(path), "training": training_summary(card, (path / TOKENIZER_FILE).read_text()),
                       **ranker.evaluate(split, limit), "seconds": round(time.time() - started, 1)}
         best = out[label].get("hybrid") or out[label]["dense"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from shopsearch.core.embedding import OnnxEmbedder
 from shopsearch.core.filters import FACETS_MANIFEST, CatalogFacets, SearchFilters
-from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
+from shopsearch.core.hybrid import LEXICAL_DIR, RERANKER_ONNX, RESCORER_ONNX, HybridRanker, LexicalScorer, OnnxReranker
 from shopsearch.core.index import CatalogIndex
 from shopsearch.core.results import CatalogLookup, hits_to_arrays
 from shopsearch.core.tokenization import TOKENIZER_FILE, EncodedBatch, TextEncoder, pad_batches
@@ -188,12 +188,15 @@ class RankerParams(StepParams):
     mode: str | None = None  # None: dense (exact inner product); HYBRID: BM25 + dense, re-ranked
     n_dense: int | None = None  # hybrid: dense candidates per query
     n_lexical: int | None = None  # hybrid: BM25 candidates per query
+    rescore_top: int | None = None  # hybrid cascade: the re-ranker's best per query that RESCORER_ONNX re-orders
 
     def __post_init__(self) -> None:
         if self.mode not in (None, HYBRID):
             raise ConfigError("ranker", "mode", f"must be {HYBRID} or absent (dense), got {self.mode!r}")
         if (self.mode == HYBRID) != (self.n_dense is not None and self.n_lexical is not None):
             raise ConfigError("ranker", "n_dense/n_lexical", "are set exactly when the mode is hybrid")
+        if self.rescore_top is not None and (self.mode != HYBRID or self.rescore_top < 1):
+            raise ConfigError("ranker", "rescore_top", f"is a count >= 1 of a hybrid ranker's cascade, got {self.rescore_top}")
 
 
 class RankerStep:
@@ -214,8 +217,9 @@ class RankerStep:
         index = CatalogIndex.load(version_dir, expected_embedder_id=params.embedder_id).prepare()
         hybrid = None
         if params.mode == HYBRID:
+            rescorer = OnnxReranker(version_dir / RESCORER_ONNX) if params.rescore_top else None
             hybrid = HybridRanker(index, LexicalScorer.load(version_dir / LEXICAL_DIR), OnnxReranker(version_dir / RERANKER_ONNX),
-                                  params.n_dense, params.n_lexical)
+                                  params.n_dense, params.n_lexical, rescorer, params.rescore_top or 0)
         facets = CatalogFacets.load(version_dir) if (version_dir / FACETS_MANIFEST).exists() else None
         return cls(index, params.query_input, params.n_candidates, hybrid, facets)
 

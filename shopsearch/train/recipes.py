@@ -56,7 +56,7 @@ class Recipe:
     def reranker_config(self) -> RerankerConfig:
         try:
             return RerankerConfig(**self.rerank)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(str(self.path), "[rerank]", str(exc)) from None
 
     def dataset(self, data_name: str | None = None, data_dir: str | None = None) -> Dataset:

@@ -22,7 +22,10 @@ from shopsearch.core.hybrid import HybridRanker, LexicalScorer, popularity_featu
 from shopsearch.core.index import CatalogIndex
 from shopsearch.core.metrics import evaluate_run
 from shopsearch.core.modeling import CHECKPOINT_META, load_checkpoint
-from shopsearch.core.reranker import PROBE_FEATURES, RERANKER_DIR, RerankerConfig, RerankerMLP, save_reranker, torch_scorer
+from shopsearch.core.reranker import (
+    PROBE_FEATURES, RERANKER_DIR, Reranker, RerankerCascade, RerankerConfig, RerankerMLP, RerankerTrees, float32_exact_thresholds,
+    install_reranker, save_reranker,
+)
 from shopsearch.core.tokenization import TOKENIZER_FILE, TextEncoder
 
 
@@ -63,11 +66,46 @@ def _padded(lists: list[CandidateList]) -> tuple[torch.Tensor, torch.Tensor, tor
     return torch.from_numpy(features), torch.from_numpy(gains), torch.from_numpy(mask)
 
 
-def train_reranker(lists: list[CandidateList], cfg: RerankerConfig = RerankerConfig(), log=print) -> RerankerMLP:
-    torch.manual_seed(cfg.seed)
+def train_reranker(lists: list[CandidateList], cfg: RerankerConfig = RerankerConfig(), log=print) -> Reranker:
+    """The recipe's kind of re-ranker, on the lists that have a judged product among their
+    candidates. A cascade's trees learn from every candidate, as measured (README)."""
     usable = [c for c in lists if c.gains.max() > 0]
     if not usable:
         raise ArtifactError("re-ranker: no training query has a judged relevant product among its candidates")
+    if cfg.kind == "mlp":
+        return train_mlp(usable, cfg, log)
+    trees = train_lambdamart(usable, cfg, log)
+    return RerankerCascade(train_mlp(usable, cfg, log), trees, cfg.cascade_top) if cfg.cascade_top else trees
+
+
+def train_lambdamart(lists: list[CandidateList], cfg: RerankerConfig, log=print) -> RerankerTrees:
+    """LightGBM lambdarank over the same features and lists as the MLP: nDCG's own gains
+    (2^gain - 1), its gradient truncated at the top 20 (what the served page shows and more)."""
+    import lightgbm
+
+    labels = np.concatenate([c.gains for c in lists])
+    if np.any(labels != np.round(labels)) or labels.min() < 0:
+        raise ArtifactError("re-ranker: LambdaMART needs integer gains >= 0 (the dataset's graded judgments)")
+    params = dict(objective="lambdarank", learning_rate=cfg.tree_learning_rate, num_leaves=cfg.leaves,
+                  min_data_in_leaf=cfg.min_data_in_leaf, bagging_fraction=0.8, bagging_freq=1, feature_fraction=0.8,
+                  label_gain=[2.0 ** g - 1 for g in range(int(labels.max()) + 1)], lambdarank_truncation_level=20,
+                  seed=cfg.seed, deterministic=True, force_row_wise=True, num_threads=torch.get_num_threads(), verbose=-1)
+    data = lightgbm.Dataset(np.concatenate([c.features for c in lists]), labels.astype(np.int32),
+                            group=[len(c.gains) for c in lists])
+    started = time.time()
+
+    def progress(env) -> None:
+        done = env.iteration + 1
+        if done % 100 == 0 or done == cfg.trees:
+            log(f"re-ranker LambdaMART: {done}/{cfg.trees} trees ({time.time() - started:.1f}s)")
+
+    booster = lightgbm.train(params, data, num_boost_round=cfg.trees, callbacks=[progress])
+    # Thresholds a float32 runtime reads exactly: the ONNX export then agrees on every input.
+    return RerankerTrees(lightgbm.Booster(model_str=float32_exact_thresholds(booster.model_to_string())))
+
+
+def train_mlp(usable: list[CandidateList], cfg: RerankerConfig, log=print) -> RerankerMLP:
+    torch.manual_seed(cfg.seed)
     stacked = np.concatenate([c.features for c in usable])
     model = RerankerMLP(stacked.shape[1], cfg.hidden)
     model.mean.copy_(torch.from_numpy(stacked.mean(axis=0)))
@@ -104,7 +142,7 @@ def _runs(hybrid: HybridRanker, texts: list[str], vectors: np.ndarray, qids: lis
         top_rrf = np.lexsort((rows, -rrf))[:depth]
         runs["rrf"][qid] = {product_ids[rows[i]]: float(rrf[i]) for i in top_rrf}
         if hybrid.reranker is not None:
-            scores = hybrid.reranker(features)
+            scores = hybrid.score_lists([(rows, features)])[0]
             top = np.lexsort((rows, -scores))[:depth]
             runs["hybrid"][qid] = {product_ids[rows[i]]: float(scores[i]) for i in top}
     return runs if hybrid.reranker is not None else {k: v for k, v in runs.items() if k != "hybrid"}
@@ -185,7 +223,7 @@ def train_reranker_stage(checkpoint: Path, dataset: Dataset, cfg: RerankerConfig
     lists = candidate_lists(ranker.hybrid, texts, vectors, judged, ranker.product_ids)
     log(f"re-ranker: {len(lists)} training queries, {sum(len(c.gains) for c in lists)} candidates")
     reranker = train_reranker(lists, cfg, log)
-    ranker.hybrid.reranker = torch_scorer(reranker)
+    install_reranker(ranker.hybrid, reranker)
 
     metrics = {}
     if eval_split in ranker.data.queries:
