@@ -1,6 +1,6 @@
 """The LambdaMART re-ranker (`[rerank] kind = "lambdamart"`): LightGBM trees, trained, saved, exported
-to ONNX-ML and served by the same ranker as the MLP. Each test trains a few dozen trees on a few
-thousand rows (well under a second), so they sit in the training tier."""
+to ONNX-ML and served by the same ranker as the MLP, alone or behind it in a cascade. The tests
+that train (a few dozen trees on a few thousand rows, under a second) sit in the training tier."""
 
 import json
 import shutil
